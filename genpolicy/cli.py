@@ -1,0 +1,204 @@
+"""The `genpolicy` command. Each subcommand composes a Hydra config from configs/ plus key=value overrides.
+
+    genpolicy demo
+    genpolicy data generate task=metaworld/push-v3 data.n_episodes=50 [output=data/push.zarr]
+    genpolicy data convert demos.hdf5 out.zarr        (robomimic HDF5 / LeRobot dir / zarr -> zarr or LeRobot)
+    genpolicy data info data/push.zarr
+    genpolicy train task=metaworld/door-open-v3 policy=flow policy.steps=4
+    genpolicy eval ckpt=runs/<run>/checkpoints/best [policy sampler/steps overrides: sampler=shortcut steps=1]
+    genpolicy envs list
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional
+
+from genpolicy.errors import GenpolicyError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+_registered = False
+
+
+def _register() -> None:
+    global _registered
+    if _registered:
+        return
+    from hydra.core.config_store import ConfigStore
+
+    from genpolicy.config import DataCommandConfig, DemoConfig, EvalCommandConfig, TaskConfig, TrainConfig
+    from genpolicy.envs.registry import list_tasks
+
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="demo_schema", node=DemoConfig)
+    cs.store(name="eval_schema", node=EvalCommandConfig)
+    cs.store(name="data_schema", node=DataCommandConfig)
+    for task in list_tasks():  # `task=<name>` works for every registered task
+        suite, name = task.split("/", 1)
+        cs.store(group=f"task/{suite}", name=name, node=TaskConfig(name=task), package="task")
+    _registered = True
+
+
+def compose(config_name: str, overrides: list[str], schema: type) -> Any:
+    """Compose configs/<config_name>.yaml with overrides and return the validated dataclass."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    _register()
+    if not CONFIG_DIR.is_dir():
+        raise GenpolicyError(f"{CONFIG_DIR}: config directory missing (is genpolicy installed from its source tree?)")
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = hydra_compose(config_name=config_name, overrides=overrides)
+    obj = OmegaConf.to_object(cfg)  # runs every dataclass __post_init__ validation
+    assert isinstance(obj, schema)
+    return obj
+
+
+def _split_args(args: list[str]) -> tuple[list[str], list[str]]:
+    positional = [a for a in args if "=" not in a]
+    overrides = [a for a in args if "=" in a]
+    return positional, overrides
+
+
+def cmd_train(args: list[str]) -> int:
+    from genpolicy.config import TrainConfig
+    from genpolicy.training.bc import train
+
+    _, overrides = _split_args(args)
+    cfg = compose("train", overrides, TrainConfig)
+    res = train(cfg)
+    ev = res["eval"]
+    print(f"run: {res['run_dir']}")
+    print(f"best checkpoint: {res['best_checkpoint']} (success {res['best']['success_rate']:.2f} at step {res['best']['step']})")
+    print(f"final eval: success_rate={ev['success_rate']:.3f} over {ev['n_episodes']} episodes "
+          f"(success = {ev['success_definition']})")
+    return 0
+
+
+def cmd_eval(args: list[str]) -> int:
+    from genpolicy.config import EvalCommandConfig
+    from genpolicy.training.checkpoint import load_policy, read_config
+    from genpolicy.training.evaluate import evaluate
+    from genpolicy.training.runs import make_run_dir, resolve_device, slug
+
+    positional, overrides = _split_args(args)
+    if positional:
+        overrides.append(f"ckpt={positional[0]}")
+    cfg = compose("eval", overrides, EvalCommandConfig)
+    if not cfg.ckpt:
+        raise GenpolicyError("eval needs a checkpoint: genpolicy eval ckpt=runs/<run>/checkpoints/best")
+    policy = load_policy(cfg.ckpt, use_ema=cfg.use_ema, device=resolve_device(cfg.run.device))
+    if cfg.sampler or cfg.steps:
+        policy.set_sampler(cfg.sampler or None, cfg.steps or None)
+    saved = read_config(cfg.ckpt)
+    task = cfg.task or saved["task"]["name"]
+    run_dir = make_run_dir(cfg.run, f"eval-{slug(task)}-{policy.cfg.sampler}{policy.cfg.steps}")
+    res = evaluate(policy, task, n_episodes=cfg.eval.n_episodes, n_envs=cfg.eval.n_envs, seed=cfg.eval.seed,
+                   out_dir=run_dir / "eval", n_videos=cfg.eval.n_videos, images=bool(policy.shape.cameras),
+                   max_episode_steps=saved["task"].get("max_episode_steps", 0), progress=cfg.run.progress)
+    print(f"{task}: success_rate={res['success_rate']:.3f} mean_return={res['mean_return']:.2f} "
+          f"over {res['n_episodes']} episodes ({policy.cfg.sampler}, {policy.cfg.steps} steps)")
+    print(f"success = {res['success_definition']}")
+    print(f"wrote {run_dir / 'eval' / 'eval.json'}")
+    return 0
+
+
+def cmd_data(args: list[str]) -> int:
+    from genpolicy.config import DataCommandConfig
+    from genpolicy.datasets import io
+
+    if not args or args[0] not in ("generate", "convert", "info"):
+        raise GenpolicyError("usage: genpolicy data generate|convert|info ...")
+    sub, rest = args[0], args[1:]
+    positional, overrides = _split_args(rest)
+    if sub == "info":
+        if not positional and not any(o.startswith("input=") for o in overrides):
+            raise GenpolicyError("usage: genpolicy data info <path>")
+        path = positional[0] if positional else next(o.split("=", 1)[1] for o in overrides if o.startswith("input="))
+        print(io.describe(io.load_any(path)))
+        return 0
+    if sub == "convert":
+        names = ["input", "output"]
+        overrides += [f"{n}={v}" for n, v in zip(names, positional)]
+    cfg = compose("data", overrides, DataCommandConfig)
+    if sub == "generate":
+        from genpolicy.datasets.collect import generate
+        from genpolicy.training.bc import default_data_path
+
+        out = Path(cfg.output) if cfg.output else default_data_path(cfg.task.name)
+        rb = generate(cfg.task.name, cfg.data.n_episodes, seed=cfg.data.seed, noise=cfg.data.noise,
+                      detour_prob=cfg.data.detour_prob, images=cfg.task.images, keep_failed=cfg.data.keep_failed,
+                      max_episode_steps=cfg.task.max_episode_steps, progress=cfg.progress)
+        rb.save(out)
+        print(f"wrote {out}: {rb.n_episodes} episodes, {rb.n_steps} steps; expert success rate "
+              f"{rb.attrs['expert_success_rate']:.2f} over {rb.attrs['expert_attempts']} attempts "
+              f"(success = {rb.attrs['success_definition']})")
+        return 0
+    if not cfg.input or not cfg.output:
+        raise GenpolicyError("usage: genpolicy data convert <input> <output> [format=zarr|lerobot]")
+    out = io.convert(cfg.input, cfg.output, fmt=cfg.format or None, fps=cfg.fps, state_keys=cfg.state_keys or None)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_envs(args: list[str]) -> int:
+    from genpolicy.envs.registry import list_tasks
+
+    if args and args[0] != "list":
+        raise GenpolicyError("usage: genpolicy envs list")
+    for t in list_tasks():
+        print(t)
+    return 0
+
+
+def cmd_demo(args: list[str]) -> int:
+    from genpolicy.config import DemoConfig
+    from genpolicy.training.demo import run_demo
+
+    _, overrides = _split_args(args)
+    cfg = compose("demo", overrides, DemoConfig)
+    report = run_demo(cfg)
+    print(f"report: {report}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "envs": cmd_envs, "demo": cmd_demo}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point; user errors print one line and exit with status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(__doc__)
+        return 0
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cmd = COMMANDS.get(argv[0])
+    if cmd is None:
+        print(f"error: unknown command '{argv[0]}'; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return cmd(argv[1:])
+    except GenpolicyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (HydraException, OmegaConfBaseException) as e:
+        msg = " ".join(str(e).split())
+        print(f"error: invalid config: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept (resume with run.dir=<run> run.resume=true)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

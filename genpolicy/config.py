@@ -1,0 +1,213 @@
+"""Typed config schemas. Hydra composes YAML presets from configs/ onto these dataclasses; construction validates.
+
+Polymorphic parts are chosen by string registry keys (`policy.type=flow`, `policy.network=unet`), never by class
+paths, so a saved config.json can be read without importing anything it names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from genpolicy.errors import ConfigError
+
+POLICY_TYPES = ("diffusion", "flow")
+SAMPLERS = {"diffusion": ("ddim", "ddpm"), "flow": ("euler", "shortcut")}
+NETWORKS = ("mlp", "unet")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass
+class PolicyConfig:
+    """What a policy is: its family, network, chunking and sampler. Saved with every checkpoint."""
+
+    type: str = "diffusion"  # registry key: diffusion | flow
+    n_obs_steps: int = 2  # To
+    horizon: int = 16  # H, predicted actions starting at the current step
+    n_action_steps: int = 8  # Ta, executed before re-planning
+    network: str = "mlp"  # mlp | unet
+    width: int = 512  # mlp
+    depth: int = 3  # mlp residual blocks
+    down_dims: list[int] = field(default_factory=lambda: [256, 512, 1024])  # unet
+    kernel_size: int = 5
+    n_groups: int = 8
+    time_dim: int = 128
+    # sampling (both families)
+    sampler: str = "ddim"  # diffusion: ddim | ddpm; flow: euler | shortcut
+    steps: int = 10  # K, network calls per chunk
+    # diffusion
+    num_train_timesteps: int = 100
+    beta_schedule: str = "squaredcos_cap_v2"  # squaredcos_cap_v2 | linear
+    prediction: str = "epsilon"  # epsilon | sample
+    clip_sample: float = 1.0  # clip predicted x0 to +-this; 0 disables
+    eta: float = 0.0  # DDIM stochasticity
+    # flow
+    time_sampling: str = "beta"  # beta (more weight near noise, as in pi0) | uniform
+    shortcut: bool = True  # also train the step-size-conditioned shortcut head (1-4 step sampling)
+    shortcut_fraction: float = 0.25  # fraction of each batch spent on self-consistency targets
+    shortcut_levels: int = 7  # smallest shortcut step is 2**-levels
+    # observations
+    normalizer: str = "minmax"  # minmax | meanstd (state); actions are always minmax to [-1, 1]
+    image_size: int = 84
+    crop_ratio: float = 0.9
+    image_feature_dim: int = 64
+    mask_padded_actions: bool = False  # Diffusion Policy does not mask; kept as an option
+
+    def __post_init__(self) -> None:
+        _check(self.type in POLICY_TYPES, f"policy.type must be one of {POLICY_TYPES}, got '{self.type}'")
+        _check(self.sampler in SAMPLERS[self.type],
+               f"policy.sampler='{self.sampler}' is not valid for policy.type='{self.type}'; use one of {SAMPLERS[self.type]}")
+        _check(self.network in NETWORKS, f"policy.network must be one of {NETWORKS}, got '{self.network}'")
+        _check(self.n_obs_steps >= 1, f"policy.n_obs_steps must be >= 1, got {self.n_obs_steps}")
+        _check(1 <= self.n_action_steps <= self.horizon,
+               f"policy.n_action_steps ({self.n_action_steps}) must be in [1, policy.horizon={self.horizon}]")
+        _check(self.steps >= 1, f"policy.steps must be >= 1, got {self.steps}")
+        if self.type == "diffusion":
+            _check(self.steps <= self.num_train_timesteps,
+                   f"policy.steps ({self.steps}) must be <= policy.num_train_timesteps ({self.num_train_timesteps})")
+            _check(self.prediction in ("epsilon", "sample"), f"policy.prediction must be epsilon|sample, got '{self.prediction}'")
+            _check(self.beta_schedule in ("squaredcos_cap_v2", "linear"),
+                   f"policy.beta_schedule must be squaredcos_cap_v2|linear, got '{self.beta_schedule}'")
+            _check(self.eta >= 0.0, f"policy.eta must be >= 0, got {self.eta}")
+        if self.sampler == "shortcut":
+            _check(self.shortcut, "policy.sampler=shortcut needs a policy trained with policy.shortcut=true")
+            _check(self.steps & (self.steps - 1) == 0 and self.steps <= 2 ** self.shortcut_levels,
+                   f"policy.sampler=shortcut needs policy.steps a power of two <= {2 ** self.shortcut_levels}, got {self.steps}")
+        _check(self.time_sampling in ("beta", "uniform"), f"policy.time_sampling must be beta|uniform, got '{self.time_sampling}'")
+        _check(self.normalizer in ("minmax", "meanstd"), f"policy.normalizer must be minmax|meanstd, got '{self.normalizer}'")
+        if self.network == "unet":
+            m = 2 ** (len(self.down_dims) - 1)
+            _check(self.horizon % m == 0,
+                   f"policy.network=unet with {len(self.down_dims)} levels needs policy.horizon divisible by {m}, got {self.horizon}")
+        _check(0.0 < self.crop_ratio <= 1.0, f"policy.crop_ratio must be in (0, 1], got {self.crop_ratio}")
+
+
+@dataclass
+class TaskConfig:
+    """Which environment, and how it is observed."""
+
+    name: str = "metaworld/drawer-open-v3"
+    images: bool = False  # add camera observations (image.<cam>) for camera policies
+    max_episode_steps: int = 0  # 0 = the task's own default
+
+
+@dataclass
+class DataConfig:
+    """Where demonstrations live, and how the experts make them."""
+
+    path: str = ""  # zarr store; empty = data/<task>.zarr
+    n_episodes: int = 50  # for generation
+    noise: float = 0.0  # expert action-noise std (quality knob)
+    detour_prob: float = 0.0  # per-episode probability of a suboptimal detour (quality knob)
+    val_fraction: float = 0.05
+    seed: int = 0
+    max_train_episodes: int = 0  # 0 = all; fewer makes a weak policy on purpose
+    keep_failed: bool = False  # generation: also store episodes where the expert failed
+
+
+@dataclass
+class OptimConfig:
+    steps: int = 4000
+    batch_size: int = 256
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
+    weight_decay: float = 1e-6
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    ema_power: float = 0.75
+    ema_max_decay: float = 0.9999
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, f"train.steps must be >= 1, got {self.steps}")
+        _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class EvalConfig:
+    n_episodes: int = 50
+    n_envs: int = 10
+    n_videos: int = 2
+    seed: int = 100000  # evaluation seeds are disjoint from demonstration seeds
+    every: int = 0  # evaluate during training every N steps; 0 = only at the end
+
+    def __post_init__(self) -> None:
+        _check(self.n_episodes >= 1, f"eval.n_episodes must be >= 1, got {self.n_episodes}")
+        _check(self.n_envs >= 1, f"eval.n_envs must be >= 1, got {self.n_envs}")
+
+
+@dataclass
+class RunConfig:
+    """Common to every command."""
+
+    name: str = ""
+    dir: str = ""  # explicit run directory; empty = runs/<date>-<name>
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch intra-op threads; 0 = torch default
+    log_every: int = 100
+    ckpt_every: int = 1000
+    resume: bool = False
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class EvalCommandConfig:
+    ckpt: str = ""
+    task: str = ""  # empty = the checkpoint's task
+    sampler: str = ""  # override the checkpoint's sampler, e.g. shortcut
+    steps: int = 0  # override the number of sampling steps
+    use_ema: bool = True
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class DataCommandConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    input: str = ""  # convert: source path (.zarr, .hdf5, or a LeRobot dataset directory)
+    output: str = ""  # convert/generate: destination
+    format: str = ""  # convert: zarr | lerobot (destination format); empty = from the output name
+    fps: float = 0.0  # convert: frames per second when the source does not say
+    state_keys: list[str] = field(default_factory=list)  # convert: source keys concatenated into `state`
+    progress: bool = True
+
+
+@dataclass
+class DemoConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain JSON-able dict of a config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def policy_config_from_dict(d: dict[str, Any], source: str) -> PolicyConfig:
+    """Rebuild a PolicyConfig from saved JSON; unknown keys are an error naming the file."""
+    known = {f.name for f in dataclasses.fields(PolicyConfig)}
+    extra = sorted(set(d) - known)
+    if extra:
+        raise ConfigError(f"{source}: unknown policy keys {extra}")
+    return PolicyConfig(**d)

@@ -1,0 +1,57 @@
+"""Record demonstrations from scripted experts through the same env adapters used for evaluation."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from genpolicy.training.runs import progress_bar
+
+from genpolicy.datasets.replay_buffer import ReplayBuffer
+from genpolicy.envs.registry import make_env, make_expert
+
+
+def generate(task: str, n_episodes: int, seed: int = 0, noise: float = 0.0, detour_prob: float = 0.0,
+             images: bool = False, keep_failed: bool = False, max_episode_steps: int = 0,
+             progress: bool = True, max_attempts_factor: int = 3) -> ReplayBuffer:
+    """Run the task's expert until `n_episodes` episodes are kept (successes only unless keep_failed).
+
+    Episode i uses env seed `seed + i`. The buffer's attrs record the expert's success rate over all attempts.
+    """
+    env = make_env(task, seed=seed, images=images, max_episode_steps=max_episode_steps)
+    expert = make_expert(task, noise=noise, detour_prob=detour_prob, seed=seed)
+    episodes: list[dict[str, np.ndarray]] = []
+    attempts = successes = 0
+    t0 = time.time()
+    bar = progress_bar(n_episodes, f"demos {task}", "ep", progress)
+    while len(episodes) < n_episodes and attempts < max_attempts_factor * n_episodes:
+        obs = env.reset(seed=seed + attempts)
+        expert.reset()
+        steps: dict[str, list[np.ndarray]] = {k: [] for k in obs}
+        steps["action"] = []
+        success, done = False, False
+        while not done:
+            action = np.asarray(expert.act(env, obs), dtype=np.float32)
+            for k, v in obs.items():
+                steps[k].append(v)
+            steps["action"].append(action)
+            obs, _, term, trunc, info = env.step(action)
+            success = success or bool(info.get("success", False))
+            done = term or trunc
+        attempts += 1
+        successes += int(success)
+        if success or keep_failed:
+            episodes.append({k: np.stack(v) for k, v in steps.items()})
+            bar.update(1)
+        bar.set_postfix(expert_success=f"{successes / attempts:.2f}")
+    bar.close()
+    env.close()
+    attrs: dict[str, Any] = {
+        "task": task, "fps": env.spec.fps, "source": "scripted_expert", "seed": seed,
+        "expert_noise": noise, "expert_detour_prob": detour_prob, "expert_attempts": attempts,
+        "expert_successes": successes, "expert_success_rate": successes / max(attempts, 1),
+        "success_definition": env.spec.success_definition, "kept_failed": keep_failed,
+        "generation_seconds": round(time.time() - t0, 2),
+    }
+    return ReplayBuffer.from_episodes(episodes, attrs)

@@ -1,0 +1,80 @@
+"""make_env / make_expert by task name ("toy/bimodal", "metaworld/drawer-open-v3", "robosuite/lift").
+
+Simulator modules import lazily, so listing tasks or training on the toy task needs no simulator installed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from genpolicy.envs.base import Env, Expert
+from genpolicy.errors import ConfigError
+
+# Meta-World tasks with shipped scripted experts that the toolkit exercises; any other v3 name also works.
+METAWORLD_TASKS = (
+    "drawer-open-v3", "pick-place-v3", "push-v3", "door-open-v3", "button-press-topdown-v3", "assembly-v3",
+    "peg-insert-side-v3", "shelf-place-v3", "reach-v3", "window-open-v3", "drawer-close-v3", "basketball-v3",
+)
+ROBOSUITE_TASKS = ("lift", "can")
+
+
+def _setup_rendering() -> None:
+    # MuJoCo picks its GL backend at import time; headless machines need EGL.
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+
+def list_tasks() -> list[str]:
+    """Every task name the registry knows."""
+    return (["toy/bimodal"] + [f"metaworld/{t}" for t in METAWORLD_TASKS]
+            + [f"robosuite/{t}" for t in ROBOSUITE_TASKS])
+
+
+def _split(name: str) -> tuple[str, str]:
+    if "/" not in name:
+        raise ConfigError(f"task name '{name}' must look like 'suite/task'; known: {', '.join(list_tasks())}")
+    suite, task = name.split("/", 1)
+    return suite, task
+
+
+def make_env(name: str, seed: int = 0, images: bool = False, max_episode_steps: int = 0, **kw: Any) -> Env:
+    """Build one environment instance."""
+    suite, task = _split(name)
+    if suite == "toy":
+        from genpolicy.envs.toy import ToyEnv
+
+        if task != "bimodal":
+            raise ConfigError(f"unknown toy task '{name}'; known: toy/bimodal")
+        return ToyEnv(seed=seed, images=images, max_episode_steps=max_episode_steps, **kw)
+    if suite == "metaworld":
+        _setup_rendering()
+        from genpolicy.envs.metaworld import MetaWorldEnv
+
+        return MetaWorldEnv(task, seed=seed, images=images, max_episode_steps=max_episode_steps or None, **kw)
+    if suite == "robosuite":
+        _setup_rendering()
+        from genpolicy.envs.robosuite import RobosuiteEnv
+
+        if task not in ROBOSUITE_TASKS:
+            raise ConfigError(f"unknown robosuite task '{name}'; known: {', '.join('robosuite/' + t for t in ROBOSUITE_TASKS)}")
+        return RobosuiteEnv(task, seed=seed, images=images, max_episode_steps=max_episode_steps or None, **kw)
+    raise ConfigError(f"unknown task suite '{suite}' in '{name}'; known tasks: {', '.join(list_tasks())}")
+
+
+def make_expert(name: str, noise: float = 0.0, detour_prob: float = 0.0, seed: int = 0) -> Expert:
+    """The scripted demonstrator for a task."""
+    suite, task = _split(name)
+    if suite == "toy":
+        from genpolicy.envs.toy import ToyExpert
+
+        return ToyExpert(noise=noise, detour_prob=detour_prob, seed=seed)
+    if suite == "metaworld":
+        from genpolicy.envs.metaworld import MetaWorldExpert
+
+        return MetaWorldExpert(task, noise=noise, detour_prob=detour_prob, seed=seed)
+    if suite == "robosuite":
+        from genpolicy.envs.robosuite import make_robosuite_expert
+
+        return make_robosuite_expert(task, noise=noise, detour_prob=detour_prob, seed=seed)
+    raise ConfigError(f"no scripted expert for '{name}'")

@@ -1,0 +1,42 @@
+"""Building blocks shared by the denoisers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Embeds a float time (B,) into (B, dim) sin/cos features (transformer-style, max period 10k)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        half = dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / max(half - 1, 1))
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        args = t.float()[:, None] * self.freqs[None]  # (B, dim/2)
+        return torch.cat([args.sin(), args.cos()], dim=-1)  # (B, dim)
+
+
+class TimeEmbedding(nn.Module):
+    """Time (and optional shortcut step size) -> conditioning features (B, dim)."""
+
+    def __init__(self, dim: int, use_step_size: bool) -> None:
+        super().__init__()
+        self.sin = SinusoidalEmbedding(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * 4), nn.Mish(), nn.Linear(dim * 4, dim))
+        self.step_mlp = (
+            nn.Sequential(nn.Linear(dim, dim * 4), nn.Mish(), nn.Linear(dim * 4, dim)) if use_step_size else None
+        )
+
+    def forward(self, t: torch.Tensor, d: torch.Tensor | None) -> torch.Tensor:
+        emb = self.mlp(self.sin(t))  # (B, dim)
+        if self.step_mlp is not None:
+            if d is None:
+                d = torch.zeros_like(t)
+            emb = emb + self.step_mlp(self.sin(d))
+        return emb

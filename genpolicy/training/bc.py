@@ -1,0 +1,194 @@
+"""The behaviour-cloning loop: AdamW + cosine warm-up, grad clipping, EMA, periodic evaluation, best checkpoint, resume.
+
+Each step's batch indices and noise come from generators seeded by (seed, step), so a resumed run continues
+exactly where an uninterrupted one would have gone.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from genpolicy.config import TrainConfig
+from genpolicy.datasets.replay_buffer import ReplayBuffer
+from genpolicy.datasets.sequence import SequenceSampler, split_episodes
+from genpolicy.envs.registry import make_env
+from genpolicy.errors import CheckpointError, DataError
+from genpolicy.policies import GenerativePolicy, ShapeMeta, make_policy
+from genpolicy.training.checkpoint import load_training_state, save_checkpoint
+from genpolicy.training.ema import EMA
+from genpolicy.training.evaluate import evaluate
+from genpolicy.training.runs import MetricsLogger, make_run_dir, progress_bar, resolve_device, slug
+
+
+def default_data_path(task: str) -> Path:
+    return Path("data") / f"{slug(task.replace('/', '_'))}.zarr"
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    o = cfg.train
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    progress = (step - o.warmup_steps) / max(1, o.steps - o.warmup_steps)
+    return o.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def load_demos(cfg: TrainConfig) -> ReplayBuffer:
+    """Load the configured dataset and check that it fits the task."""
+    path = Path(cfg.data.path) if cfg.data.path else default_data_path(cfg.task.name)
+    if not path.exists():
+        raise DataError(f"{path}: no such dataset; create it with `genpolicy data generate task={cfg.task.name}` "
+                        f"or point data.path at a zarr store")
+    keys = None if cfg.task.images else ["action", "state"]
+    rb = ReplayBuffer.load(path, keys=keys)
+    env = make_env(cfg.task.name, images=False)
+    spec = env.spec
+    env.close()
+    if rb.data["action"].shape[1] != spec.action_dim:
+        raise DataError(f"{path}: 'data/action' has dimension {rb.data['action'].shape[1]} but task "
+                        f"'{cfg.task.name}' expects {spec.action_dim}")
+    if rb.data["state"].shape[1] != spec.state_dim:
+        raise DataError(f"{path}: 'data/state' has dimension {rb.data['state'].shape[1]} but task "
+                        f"'{cfg.task.name}' expects {spec.state_dim}")
+    if cfg.task.images and not rb.image_keys:
+        raise DataError(f"{path}: task.images=true but the store has no 'data/image.<camera>' arrays")
+    return rb
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = sorted(p for p in (run_dir / "checkpoints").glob("[0-9]*") if (p / "manifest.json").exists())
+    return ckpts[-1] if ckpts else None
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train a policy by behaviour cloning; returns {run_dir, best_checkpoint, final_checkpoint, eval}."""
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    device = resolve_device(cfg.run.device)
+    rb = load_demos(cfg)
+    run_dir = make_run_dir(cfg.run, f"train-{cfg.task.name}-{cfg.policy.type}")
+    latest = _latest_checkpoint(run_dir) if cfg.run.resume else None
+    if cfg.run.resume and latest is None:
+        raise CheckpointError(f"{run_dir}: run.resume=true but no complete checkpoint under {run_dir / 'checkpoints'}")
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+    train_eps, val_eps = split_episodes(rb.n_episodes, cfg.data.val_fraction, cfg.data.seed, cfg.data.max_train_episodes)
+    p = cfg.policy
+    train_set = SequenceSampler(rb, train_eps, p.n_obs_steps, p.horizon)
+    val_set = SequenceSampler(rb, val_eps, p.n_obs_steps, p.horizon) if len(val_eps) else None
+    cams = [k.split(".", 1)[1] for k in rb.image_keys] if cfg.task.images else []
+    image_size = int(rb.data[rb.image_keys[0]].shape[-1]) if cams else p.image_size
+    shape = ShapeMeta(state_dim=rb.data["state"].shape[1], action_dim=rb.data["action"].shape[1], cameras=cams,
+                      image_size=image_size)
+    torch.manual_seed(cfg.run.seed)
+    policy = make_policy(p, shape)
+    rows = np.concatenate([np.arange(s, e) for s, e in _episode_ranges(rb, train_eps)])
+    policy.normalizer.fit({"state": rb.data["state"][rows], "action": rb.data["action"][rows]})
+    policy.to(device).train()
+    ema = EMA(policy, cfg.train.ema_power, cfg.train.ema_max_decay)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
+                            weight_decay=cfg.train.weight_decay)
+    start, best = 0, {"success_rate": -1.0, "step": -1}
+    if latest is not None:
+        state = load_training_state(latest, policy, ema.model, opt)
+        start, best = int(state["step"]), state.get("best", best)
+    logger = MetricsLogger(run_dir)
+    ckpt_meta = {"task": asdict(cfg.task), "data": asdict(cfg.data), "train": asdict(cfg.train),
+                 "dataset": {"source": rb.source, "n_episodes": rb.n_episodes, "attrs": rb.attrs}}
+
+    def save(step: int) -> Path:
+        path = save_checkpoint(run_dir / "checkpoints" / f"{step:07d}", policy, ckpt_meta, step, ema=ema.model,
+                               optimizer=opt, trainer_state={"step": step, "best": best})
+        for old in sorted((run_dir / "checkpoints").glob("[0-9]*"))[:-2]:  # keep the last two
+            shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def run_eval(step: int, n_episodes: int, out: Path, n_videos: int = 0) -> dict[str, Any]:
+        res = evaluate(ema.model, cfg.task.name, n_episodes=n_episodes, n_envs=cfg.eval.n_envs, seed=cfg.eval.seed,
+                       out_dir=out, n_videos=n_videos, images=cfg.task.images,
+                       max_episode_steps=cfg.task.max_episode_steps, progress=False)
+        logger.log(step, {"eval/success_rate": res["success_rate"], "eval/mean_return": res["mean_return"],
+                          "eval/n_episodes": res["n_episodes"]})
+        if res["success_rate"] > best["success_rate"]:
+            best.update(success_rate=res["success_rate"], step=step)
+            ckpt = save(step)
+            dst = run_dir / "checkpoints" / "best"
+            tmp = dst.with_name(".best.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(ckpt, tmp)
+            shutil.rmtree(dst, ignore_errors=True)
+            tmp.rename(dst)
+        return res
+
+    bar = progress_bar(cfg.train.steps, f"train {p.type}", "step", cfg.run.progress, initial=start)
+    t_last, step = time.time(), start
+    try:
+        for step in range(start, cfg.train.steps):
+            rng = np.random.default_rng([cfg.run.seed, step])
+            gen = torch.Generator(device=device).manual_seed(cfg.run.seed * 1_000_003 + step)
+            batch = train_set.random_batch(cfg.train.batch_size, rng, device)
+            lr = lr_at(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            out = policy.loss(batch, generator=gen)
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.train.grad_clip)
+            opt.step()
+            ema.update(policy, step)
+            bar.update(1)
+            done = step + 1
+            if done % cfg.run.log_every == 0 or done == cfg.train.steps:
+                now = time.time()
+                row = {k: float(v) for k, v in out.items() if k.startswith("loss")}
+                row.update(lr=lr, grad_norm=float(gnorm), steps_per_s=cfg.run.log_every / max(now - t_last, 1e-9))
+                if val_set is not None:
+                    row["val_loss"] = validation_loss(ema.model, val_set, cfg.train.batch_size, device, cfg.run.seed)
+                logger.log(done, row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+                t_last = now
+            if cfg.eval.every > 0 and done % cfg.eval.every == 0 and done < cfg.train.steps:
+                run_eval(done, cfg.eval.n_episodes, run_dir / "eval" / f"step_{done:07d}")
+            if done % cfg.run.ckpt_every == 0:
+                save(done)
+    except KeyboardInterrupt:
+        bar.close()
+        save(step)  # interrupted mid-run: keep the progress so `run.resume=true` continues from here
+        raise
+    bar.close()
+    final = save(cfg.train.steps)
+    res = run_eval(cfg.train.steps, cfg.eval.n_episodes, run_dir / "eval", cfg.eval.n_videos)
+    logger.close()
+    best_path = run_dir / "checkpoints" / "best"
+    return {"run_dir": str(run_dir), "final_checkpoint": str(final),
+            "best_checkpoint": str(best_path if best_path.exists() else final), "best": best, "eval": res}
+
+
+def _episode_ranges(rb: ReplayBuffer, episodes: np.ndarray) -> list[tuple[int, int]]:
+    starts = np.concatenate([[0], rb.episode_ends[:-1]])
+    return [(int(starts[e]), int(rb.episode_ends[e])) for e in episodes]
+
+
+@torch.no_grad()
+def validation_loss(policy: GenerativePolicy, val_set: SequenceSampler, batch_size: int, device: torch.device,
+                    seed: int, max_windows: int = 2048) -> float:
+    """Mean BC loss over held-out episodes, with fixed noise so values are comparable across steps."""
+    was = policy.training
+    policy.eval()
+    gen = torch.Generator(device=device).manual_seed(seed + 12345)
+    losses, n = 0.0, 0
+    for batch in val_set.iter_batches(batch_size, device, limit=max_windows):
+        out = policy.loss(batch, generator=gen)
+        b = out["per_sample"].shape[0]
+        losses += float(out["loss"]) * b
+        n += b
+    policy.train(was)
+    return losses / max(n, 1)
