@@ -148,7 +148,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             done = step + 1
             if done % cfg.run.log_every == 0 or done == cfg.train.steps:
                 now = time.time()
-                row = {k: float(v) for k, v in out.items() if k.startswith("loss")}
+                row = {k: float(v.detach()) for k, v in out.items() if k.startswith("loss")}
                 row.update(lr=lr, grad_norm=float(gnorm), steps_per_s=cfg.run.log_every / max(now - t_last, 1e-9))
                 if val_set is not None:
                     row["val_loss"] = validation_loss(ema.model, val_set, cfg.train.batch_size, device, cfg.run.seed)
