@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import shutil
+import signal
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -129,8 +131,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         return res
 
     bar = progress_bar(cfg.train.steps, f"train {p.type}", "step", cfg.run.progress, initial=start)
-    t_last, step = time.time(), start
-    try:
+    t_last = time.time()
+    stop = _StopFlag()
+    with stop:
         for step in range(start, cfg.train.steps):
             rng = np.random.default_rng([cfg.run.seed, step])
             gen = torch.Generator(device=device).manual_seed(cfg.run.seed * 1_000_003 + step)
@@ -155,14 +158,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 logger.log(done, row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
                 t_last = now
+            if stop.requested:
+                # Ctrl-C / SIGTERM: finish the step, keep its state, and let `run.resume=true` continue exactly
+                bar.close()
+                save(done)
+                logger.close()
+                raise KeyboardInterrupt
             if cfg.eval.every > 0 and done % cfg.eval.every == 0 and done < cfg.train.steps:
                 run_eval(done, cfg.eval.n_episodes, run_dir / "eval" / f"step_{done:07d}")
             if done % cfg.run.ckpt_every == 0:
                 save(done)
-    except KeyboardInterrupt:
-        bar.close()
-        save(step)  # interrupted mid-run: keep the progress so `run.resume=true` continues from here
-        raise
     bar.close()
     final = save(cfg.train.steps)
     res = run_eval(cfg.train.steps, cfg.eval.n_episodes, run_dir / "eval", cfg.eval.n_videos)
@@ -170,6 +175,27 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     best_path = run_dir / "checkpoints" / "best"
     return {"run_dir": str(run_dir), "final_checkpoint": str(final),
             "best_checkpoint": str(best_path if best_path.exists() else final), "best": best, "eval": res}
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a flag checked between steps, so an interrupted run saves a consistent state."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
 def _episode_ranges(rb: ReplayBuffer, episodes: np.ndarray) -> list[tuple[int, int]]:
