@@ -1,0 +1,94 @@
+"""Smoke tests: every command end to end in a subprocess on a tiny budget, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY = ["policy.width=64", "policy.depth=2", "policy.horizon=8", "policy.n_action_steps=4", "policy.time_dim=32",
+        "train.steps=6", "train.batch_size=16", "train.warmup_steps=2", "eval.n_episodes=2", "eval.n_envs=2",
+        "run.log_every=3", "run.progress=false"]
+
+
+def gp(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MUJOCO_GL="egl", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-m", "genpolicy.cli", *args], cwd=cwd, env=env, capture_output=True,
+                         text=True, timeout=600)
+    if ok:
+        assert res.returncode == 0, f"genpolicy {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}"
+    return res
+
+
+def test_envs_list(tmp_path: Path) -> None:
+    out = gp("envs", "list", cwd=tmp_path).stdout.split()
+    assert "toy/bimodal" in out and "metaworld/drawer-open-v3" in out and "robosuite/lift" in out
+
+
+def test_generate_info_train_eval_convert(tmp_path: Path) -> None:
+    r = gp("data", "generate", "task=toy/bimodal", "data.n_episodes=8", "output=toy.zarr", "progress=false", cwd=tmp_path)
+    assert "expert success rate 1.00" in r.stdout
+    info = gp("data", "info", "toy.zarr", cwd=tmp_path).stdout
+    assert "episodes: 8" in info and "action" in info and "state" in info and "action range" in info
+    gp("train", "task=toy/bimodal", "policy=flow", "data.path=toy.zarr", "run.dir=run", "eval.n_videos=1", *TINY,
+       cwd=tmp_path)
+    run = tmp_path / "run"
+    ev = json.loads((run / "eval" / "eval.json").read_text())
+    assert {"success_rate", "mean_return", "n_episodes", "episodes"} <= set(ev) and ev["n_episodes"] == 2
+    video = tmp_path / ev["videos"][0]
+    assert video.exists() and video.stat().st_size > 1000
+    assert (run / "config.yaml").exists() and (run / "checkpoints" / "best" / "manifest.json").exists()
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in m for m in metrics) and any("eval/success_rate" in m for m in metrics)
+    assert list((run / "tb").iterdir())
+    r = gp("eval", "ckpt=run/checkpoints/best", "sampler=shortcut", "steps=1", "eval.n_episodes=2", "run.dir=ev",
+           "eval.n_videos=0", "run.progress=false", cwd=tmp_path)
+    assert "shortcut, 1 steps" in r.stdout and (tmp_path / "ev" / "eval" / "eval.json").exists()
+    gp("data", "convert", "toy.zarr", "toy_lerobot", "format=lerobot", cwd=tmp_path)
+    gp("data", "convert", "toy_lerobot", "back.zarr", cwd=tmp_path)
+    assert "episodes: 8" in gp("data", "info", "back.zarr", cwd=tmp_path).stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "task=toy/bimodal", "data.path=missing.zarr"], "missing.zarr: no such dataset"),
+    (["train", "task=toy/bimodal", "policy.sampler=euler"], "policy.sampler='euler' is not valid"),
+    (["train", "task=nosuch/task"], "nosuch/task"),
+    (["train", "task=toy/bimodal", "train.lr=abc"], "train.lr"),
+    (["eval", "ckpt=nowhere"], "nowhere: no such checkpoint"),
+    (["data", "info", "nothing.zarr"], "nothing.zarr"),
+    (["frobnicate"], "unknown command"),
+])
+def test_bad_input_gives_one_line_error(tmp_path: Path, args: list[str], needle: str) -> None:
+    r = gp(*args, cwd=tmp_path, ok=False)
+    assert r.returncode == 2
+    assert needle in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_action_dim_mismatch_is_reported(tmp_path: Path) -> None:
+    from tests.test_data import make_buffer
+
+    make_buffer(ds=2, da=3).save(tmp_path / "wrong.zarr")
+    r = gp("train", "task=toy/bimodal", "data.path=wrong.zarr", cwd=tmp_path, ok=False)
+    assert r.returncode == 2 and "wrong.zarr: 'data/action' has dimension 3 but task 'toy/bimodal' expects 2" in r.stderr
+    before = sorted(p.name for p in (tmp_path / "wrong.zarr").rglob("*"))
+    assert before == sorted(p.name for p in (tmp_path / "wrong.zarr").rglob("*"))  # nothing on disk changed
+
+
+def test_nan_actions_are_reported(tmp_path: Path) -> None:
+    import zarr
+
+    from tests.test_data import make_buffer
+
+    make_buffer(ds=2, da=2).save(tmp_path / "nan.zarr")
+    root = zarr.open_group(str(tmp_path / "nan.zarr"), mode="r+")
+    a = root["data"]["action"][:]
+    a[4, 1] = np.nan
+    root["data"]["action"][:] = a
+    r = gp("train", "task=toy/bimodal", "data.path=nan.zarr", cwd=tmp_path, ok=False)
+    assert "nan.zarr: 'data/action' contains NaN or inf (first at step 4)" in r.stderr
