@@ -44,7 +44,9 @@ class ToyEnv:
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
         if seed is not None:
             self.rng = np.random.default_rng(seed)
-        self.pos = START + self.rng.uniform(-0.05, 0.05, size=2)
+        # A fixed start: both ways around the obstacle are equally good from the very same state, so only a
+        # multimodal policy can reproduce the demonstrations (a regressor cannot split them by start position).
+        self.pos = START.copy()
         self.t = 0
         return self._obs()
 
