@@ -53,8 +53,18 @@ def compose(config_name: str, overrides: list[str], schema: type) -> Any:
     _register()
     if not CONFIG_DIR.is_dir():
         raise GenpolicyError(f"{CONFIG_DIR}: config directory missing (is genpolicy installed from its source tree?)")
+    from hydra.errors import MissingConfigException
+
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        cfg = hydra_compose(config_name=config_name, overrides=overrides)
+        try:
+            cfg = hydra_compose(config_name=config_name, overrides=overrides)
+        except MissingConfigException as e:
+            bad = next((o for o in overrides if o.split("=", 1)[0] in ("task", "policy")), None)
+            if bad is None:
+                raise
+            group, value = bad.split("=", 1)
+            hint = "`genpolicy envs list`" if group == "task" else f"configs/{group}/"
+            raise GenpolicyError(f"unknown {group} '{value}'; see {hint} ({' '.join(str(e).split()[:8])}...)") from None
     obj = OmegaConf.to_object(cfg)  # runs every dataclass __post_init__ validation
     assert isinstance(obj, schema)
     return obj

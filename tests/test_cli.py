@@ -57,7 +57,8 @@ def test_generate_info_train_eval_convert(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args, needle", [
     (["train", "task=toy/bimodal", "data.path=missing.zarr"], "missing.zarr: no such dataset"),
     (["train", "task=toy/bimodal", "policy.sampler=euler"], "policy.sampler='euler' is not valid"),
-    (["train", "task=nosuch/task"], "nosuch/task"),
+    (["train", "task=nosuch/task"], "unknown task 'nosuch/task'; see `genpolicy envs list`"),
+    (["train", "policy=nosuch"], "unknown policy 'nosuch'"),
     (["train", "task=toy/bimodal", "train.lr=abc"], "train.lr"),
     (["eval", "ckpt=nowhere"], "nowhere: no such checkpoint"),
     (["data", "info", "nothing.zarr"], "nothing.zarr"),
@@ -92,3 +93,29 @@ def test_nan_actions_are_reported(tmp_path: Path) -> None:
     root["data"]["action"][:] = a
     r = gp("train", "task=toy/bimodal", "data.path=nan.zarr", cwd=tmp_path, ok=False)
     assert "nan.zarr: 'data/action' contains NaN or inf (first at step 4)" in r.stderr
+
+
+def test_camera_policy_trains_and_evaluates(tmp_path: Path) -> None:
+    """ResNet-18 (GroupNorm, spatial softmax, random crop) on the toy task's top-down camera, end to end."""
+    gp("data", "generate", "task=toy/bimodal", "task.images=true", "data.n_episodes=3", "output=img.zarr",
+       "progress=false", cwd=tmp_path)
+    info = gp("data", "info", "img.zarr", cwd=tmp_path).stdout
+    assert "image.top" in info and "uint8" in info
+    gp("train", "task=toy/bimodal", "task.images=true", "data.path=img.zarr", "run.dir=run", "eval.n_videos=0",
+       *TINY, "train.steps=3", "train.batch_size=4", cwd=tmp_path)
+    cfg = json.loads((tmp_path / "run" / "checkpoints" / "best" / "config.json").read_text())
+    assert cfg["policy"]["shape"]["cameras"] == ["top"]
+    assert json.loads((tmp_path / "run" / "eval" / "eval.json").read_text())["n_episodes"] == 2
+
+
+def test_demo_pipeline_smoke(tmp_path: Path) -> None:
+    """`genpolicy demo` end to end on the toy task with a tiny budget: report, plot, eval and video exist."""
+    r = gp("demo", "task=toy/bimodal", "data.n_episodes=6", "eval.every=3", "eval.n_videos=1", "run.dir=demo",
+           *TINY, cwd=tmp_path)
+    report = tmp_path / "demo" / "report.md"
+    assert str(report.name) in r.stdout and report.exists()
+    text = report.read_text()
+    assert "**Success** means: agent within" in text and "| 3 |" in text and "learning_curve.png" in text
+    assert (tmp_path / "demo" / "learning_curve.png").stat().st_size > 5000
+    assert (tmp_path / "demo" / "eval" / "episode_000.mp4").exists()
+    assert json.loads((tmp_path / "demo" / "demo.json").read_text())["eval"]["n_episodes"] == 2
