@@ -27,6 +27,7 @@ import os
 # MuJoCo picks its GL backend at import time, so this must run before mujoco/metaworld are imported.
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+import functools  # noqa: E402
 import warnings  # noqa: E402
 from typing import Any, Literal  # noqa: E402
 
@@ -66,6 +67,12 @@ def _normalise_task(task: str) -> str:
     if name not in ALL_V3_ENVIRONMENTS:
         raise ConfigError(f"unknown Meta-World v3 task {task!r}; see `genpolicy envs list`")
     return name
+
+
+@functools.lru_cache(maxsize=64)
+def _mt1_tasks(task: str, seed: int) -> tuple:
+    """MT1's 50 layouts for (task, seed); cached because building them costs ~1 s and every env needs them."""
+    return tuple(metaworld.MT1(task, seed=seed).train_tasks)
 
 
 def list_tasks() -> list[str]:
@@ -120,7 +127,7 @@ class MetaWorldEnv:
         self.max_episode_steps = int(max_episode_steps or DEFAULT_MAX_EPISODE_STEPS)
 
         # MT1 builds its 50 tasks under np.random.seed(seed) and restores the global state afterwards.
-        self._tasks = metaworld.MT1(self.task, seed=seed).train_tasks
+        self._tasks = _mt1_tasks(self.task, seed)
         self._env = ALL_V3_ENVIRONMENTS[self.task]()
         # set_task also switches the env to goal-observable (MT tasks carry partially_observable=False).
         self._env.set_task(self._tasks[0])
