@@ -80,7 +80,8 @@ def _row(task: str, policy: str, seed: int, ev: dict, minutes: float, args: argp
 
 def write_markdown(rows: list[dict], meta: dict, path: Path) -> None:
     policies = ["diffusion", "flow", "flow_1step"]
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    seen = {r["task"] for r in rows}
+    tasks = [t for t in TASKS if t in seen] + sorted(seen - set(TASKS))
     lines = [
         "# Behaviour cloning on Meta-World and robosuite (scripted demonstrations)",
         "",
@@ -117,6 +118,23 @@ def write_markdown(rows: list[dict], meta: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def save_rows(new: list[dict], meta: dict, out_json: Path, out_md: Path) -> list[dict]:
+    """Merge new rows into the JSON under a file lock (several workers, one per seed, may share it)."""
+    import fcntl
+
+    with open(out_json.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = json.loads(out_json.read_text())["rows"] if out_json.exists() else []
+        keys = {(r["task"], r["policy"], r["seed"]) for r in new}
+        rows = [r for r in rows if (r["task"], r["policy"], r["seed"]) not in keys] + new
+        rows.sort(key=lambda r: (r["task"], r["policy"], r["seed"]))
+        tmp = out_json.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        os.replace(tmp, out_json)
+        write_markdown(rows, meta, out_md)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", nargs="+", default=TASKS)
@@ -127,13 +145,16 @@ def main() -> int:
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--work", default="runs/bench_bc")
     ap.add_argument("--out", default=str(OUT / "bc_metaworld"))
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default); run one worker per seed with 1")
     args = ap.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     out_json, out_md = Path(args.out + ".json"), Path(args.out + ".md")
     out_json.parent.mkdir(parents=True, exist_ok=True)
     meta = {"command": " ".join([".venv/bin/python", "benchmarks/bc_metaworld.py", *sys.argv[1:]]),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads per worker, "
                        f"CUDA {'yes' if torch.cuda.is_available() else 'no'}",
             "versions": versions(), "steps": args.steps, "demos": args.demos, "episodes": args.episodes}
     rows: list[dict] = json.loads(out_json.read_text())["rows"] if out_json.exists() else []
@@ -145,13 +166,9 @@ def main() -> int:
                     continue
                 print(f"[bench] {task} {ptype} seed {seed}", flush=True)
                 new = run_one(task, ptype, seed, args, work)
-                rows.extend(new)
                 for r in new:
                     print(f"[bench]   {r['policy']}: success {r['success_rate']:.2f} ({r['train_minutes']:.1f} min)", flush=True)
-                tmp = out_json.with_suffix(".json.tmp")
-                tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-                os.replace(tmp, out_json)
-                write_markdown(rows, meta, out_md)
+                rows = save_rows(new, meta, out_json, out_md)
     return 0
 
 
