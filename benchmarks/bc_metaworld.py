@@ -157,13 +157,12 @@ def main() -> int:
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads per worker, "
                        f"CUDA {'yes' if torch.cuda.is_available() else 'no'}",
             "versions": versions(), "steps": args.steps, "demos": args.demos, "episodes": args.episodes}
-    rows: list[dict] = json.loads(out_json.read_text())["rows"] if out_json.exists() else []
-    done = {(r["task"], r["policy"], r["seed"]) for r in rows}
     for seed in args.seeds:
         for task in args.tasks:
             for ptype in args.policies:
-                if (task, ptype, seed) in done:
-                    continue
+                rows: list[dict] = json.loads(out_json.read_text())["rows"] if out_json.exists() else []
+                if (task, ptype, seed) in {(r["task"], r["policy"], r["seed"]) for r in rows}:
+                    continue  # finished earlier (resumed run) or by another worker
                 print(f"[bench] {task} {ptype} seed {seed}", flush=True)
                 new = run_one(task, ptype, seed, args, work)
                 for r in new:

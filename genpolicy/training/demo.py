@@ -45,9 +45,9 @@ def plot_learning_curve(metrics: list[dict[str, Any]], path: Path, title: str) -
         ax2.plot(*zip(*succ), "o-", color="tab:red", label="success rate")
     ax2.set_ylabel("success rate")
     ax2.set_ylim(-0.02, 1.02)
-    fig.legend(loc="upper center", ncol=3, fontsize=8)
-    ax1.set_title(title, fontsize=10, pad=24)
-    fig.tight_layout()
+    fig.legend(loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, 0.0))
+    ax1.set_title(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
