@@ -11,10 +11,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,12 +28,12 @@ def _register() -> None:
         return
     from hydra.core.config_store import ConfigStore
 
-    from genpolicy.config import DataCommandConfig, DemoConfig, EvalCommandConfig, TaskConfig, TrainConfig
+    from genpolicy.config import DataCommandConfig, EvalCommandConfig, TaskConfig, TrainConfig
     from genpolicy.envs.registry import list_tasks
 
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
-    cs.store(name="demo_schema", node=DemoConfig)
+    cs.store(name="demo_schema", node=TrainConfig)  # the demo is a training run that also makes its data
     cs.store(name="eval_schema", node=EvalCommandConfig)
     cs.store(name="data_schema", node=DataCommandConfig)
     for task in list_tasks():  # `task=<name>` works for every registered task
@@ -168,11 +166,11 @@ def cmd_envs(args: list[str]) -> int:
 
 
 def cmd_demo(args: list[str]) -> int:
-    from genpolicy.config import DemoConfig
+    from genpolicy.config import TrainConfig
     from genpolicy.training.demo import run_demo
 
     _, overrides = _split_args(args)
-    cfg = compose("demo", overrides, DemoConfig)
+    cfg = compose("demo", overrides, TrainConfig)
     report = run_demo(cfg)
     print(f"report: {report}")
     return 0

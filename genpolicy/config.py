@@ -193,16 +193,6 @@ class DataCommandConfig:
     progress: bool = True
 
 
-@dataclass
-class DemoConfig:
-    task: TaskConfig = field(default_factory=TaskConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: OptimConfig = field(default_factory=OptimConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-
-
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain JSON-able dict of a config dataclass."""
     return dataclasses.asdict(cfg)

@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import genpolicy
-from genpolicy.config import DemoConfig, TrainConfig
+from genpolicy.config import TrainConfig
 from genpolicy.datasets.collect import generate
 from genpolicy.training.bc import train
 from genpolicy.training.runs import make_run_dir, read_metrics
@@ -53,7 +53,7 @@ def plot_learning_curve(metrics: list[dict[str, Any]], path: Path, title: str) -
     return path
 
 
-def run_demo(cfg: DemoConfig) -> Path:
+def run_demo(cfg: TrainConfig) -> Path:
     """Run demos -> BC -> eval and return the path of report.md."""
     t0 = time.time()
     run_dir = make_run_dir(cfg.run, f"demo-{cfg.task.name}-{cfg.policy.type}")
@@ -63,10 +63,7 @@ def run_demo(cfg: DemoConfig) -> Path:
                   max_episode_steps=cfg.task.max_episode_steps, progress=cfg.run.progress)
     rb.save(data_path)
     t_data = time.time() - t0
-    tcfg = TrainConfig(task=cfg.task, policy=cfg.policy, data=cfg.data, train=cfg.train, eval=cfg.eval,
-                       run=cfg.run)
-    tcfg.data.path = str(data_path)
-    tcfg.run.dir = str(run_dir)
+    tcfg = replace(cfg, data=replace(cfg.data, path=str(data_path)), run=replace(cfg.run, dir=str(run_dir)))
     t1 = time.time()
     res = train(tcfg)
     t_train = time.time() - t1

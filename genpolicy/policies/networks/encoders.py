@@ -6,7 +6,6 @@ Shapes: B batch, To observation steps, Ds state dim, 3xHxW images (uint8 in, flo
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
