@@ -43,7 +43,6 @@ from genpolicy.envs.base import EnvSpec
 from genpolicy.errors import ConfigError
 
 __all__ = [
-    "EnvSpec",
     "RobosuiteEnv",
     "LiftExpert",
     "PickPlaceCanExpert",
