@@ -104,12 +104,15 @@ def cmd_eval(args: list[str]) -> int:
     policy = load_policy(cfg.ckpt, use_ema=cfg.use_ema, device=resolve_device(cfg.run.device))
     if cfg.sampler or cfg.steps:
         policy.set_sampler(cfg.sampler or None, cfg.steps or None)
-    saved = read_config(cfg.ckpt)
-    task = cfg.task or saved["task"]["name"]
+    saved_task = read_config(cfg.ckpt).get("task", {})
+    task = cfg.task or saved_task.get("name", "")
+    if not task:
+        raise GenpolicyError(f"{cfg.ckpt}: the checkpoint does not name its task; pass task=<suite/name>")
     run_dir = make_run_dir(cfg.run, f"eval-{slug(task)}-{policy.cfg.sampler}{policy.cfg.steps}")
     res = evaluate(policy, task, n_episodes=cfg.eval.n_episodes, n_envs=cfg.eval.n_envs, seed=cfg.eval.seed,
                    out_dir=run_dir / "eval", n_videos=cfg.eval.n_videos, images=bool(policy.shape.cameras),
-                   max_episode_steps=saved["task"].get("max_episode_steps", 0), progress=cfg.run.progress)
+                   max_episode_steps=saved_task.get("max_episode_steps", 0) if not cfg.task else 0,
+                   progress=cfg.run.progress)
     print(f"{task}: success_rate={res['success_rate']:.3f} mean_return={res['mean_return']:.2f} "
           f"over {res['n_episodes']} episodes ({policy.cfg.sampler}, {policy.cfg.steps} steps)")
     print(f"success = {res['success_definition']}")

@@ -46,6 +46,7 @@ class PolicyConfig:
     prediction: str = "epsilon"  # epsilon | sample
     clip_sample: float = 1.0  # clip predicted x0 to +-this; 0 disables
     eta: float = 0.0  # DDIM stochasticity
+    timestep_spacing: str = "leading"  # leading (diffusers' default, DP) | trailing (starts at t=T-1; for few steps)
     # flow
     time_sampling: str = "beta"  # beta (more weight near noise, as in pi0) | uniform
     shortcut: bool = True  # also train the step-size-conditioned shortcut head (1-4 step sampling)
@@ -74,10 +75,20 @@ class PolicyConfig:
             _check(self.beta_schedule in ("squaredcos_cap_v2", "linear"),
                    f"policy.beta_schedule must be squaredcos_cap_v2|linear, got '{self.beta_schedule}'")
             _check(self.eta >= 0.0, f"policy.eta must be >= 0, got {self.eta}")
+            _check(self.timestep_spacing in ("leading", "trailing"),
+                   f"policy.timestep_spacing must be leading|trailing, got '{self.timestep_spacing}'")
+            # "leading" starts at t=(K-1)*T/K: with few steps the first step would assume x_K still holds signal
+            _check(self.timestep_spacing == "trailing" or self.steps >= 5,
+                   f"policy.steps={self.steps} with timestep_spacing=leading starts far from pure noise; "
+                   f"use policy.timestep_spacing=trailing for fewer than 5 steps")
         if self.sampler == "shortcut":
             _check(self.shortcut, "policy.sampler=shortcut needs a policy trained with policy.shortcut=true")
-            _check(self.steps & (self.steps - 1) == 0 and self.steps <= 2 ** self.shortcut_levels,
-                   f"policy.sampler=shortcut needs policy.steps a power of two <= {2 ** self.shortcut_levels}, got {self.steps}")
+            # the finest trained step is 2**-(levels-1); the level below it is trained as plain flow (d = 0)
+            top = 2 ** (self.shortcut_levels - 1)
+            _check(self.steps & (self.steps - 1) == 0 and self.steps <= top,
+                   f"policy.sampler=shortcut needs policy.steps a power of two <= {top}, got {self.steps}")
+        _check(0.0 <= self.shortcut_fraction < 1.0, f"policy.shortcut_fraction must be in [0, 1), got {self.shortcut_fraction}")
+        _check(self.shortcut_levels >= 1, f"policy.shortcut_levels must be >= 1, got {self.shortcut_levels}")
         _check(self.time_sampling in ("beta", "uniform"), f"policy.time_sampling must be beta|uniform, got '{self.time_sampling}'")
         _check(self.normalizer in ("minmax", "meanstd"), f"policy.normalizer must be minmax|meanstd, got '{self.normalizer}'")
         if self.network == "unet":

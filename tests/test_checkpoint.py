@@ -155,3 +155,42 @@ def test_no_pickle_in_package() -> None:
     for f in root.rglob("*.py"):
         text = f.read_text()
         assert "pickle.load" not in text and "torch.load(" not in text, f
+
+
+def test_ema_weights_are_what_load_policy_returns(tmp_path: Path) -> None:
+    p = _policy()
+    ema = _policy()
+    with torch.no_grad():
+        for prm in ema.parameters():
+            prm.mul_(0.5)
+    save_checkpoint(tmp_path / "ck", p, {}, step=1, ema=ema)
+    got_ema = load_policy(tmp_path / "ck")
+    got_raw = load_policy(tmp_path / "ck", use_ema=False)
+    first = next(iter(dict(p.named_parameters())))
+    assert torch.equal(dict(got_ema.named_parameters())[first], dict(ema.named_parameters())[first])
+    assert torch.equal(dict(got_raw.named_parameters())[first], dict(p.named_parameters())[first])
+
+
+def test_reusing_a_run_dir_and_damaged_latest(tmp_path: Path) -> None:
+    from genpolicy.config import DataConfig, EvalConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig
+    from genpolicy.datasets.collect import generate
+    from genpolicy.errors import ConfigError
+    from genpolicy.training.bc import _latest_checkpoint, train
+
+    generate("toy/bimodal", 4, progress=False).save(tmp_path / "toy.zarr")
+    cfg = TrainConfig(task=TaskConfig(name="toy/bimodal"), policy=tiny_policy_cfg(type="flow", sampler="euler"),
+                      data=DataConfig(path=str(tmp_path / "toy.zarr")), train=OptimConfig(steps=4, batch_size=8),
+                      eval=EvalConfig(n_episodes=1, n_envs=1, n_videos=0),
+                      run=RunConfig(dir=str(tmp_path / "run"), ckpt_every=2, progress=False))
+    train(cfg)
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        train(cfg)  # a new run must not mix into (and prune) an old run's checkpoints
+    run = tmp_path / "run"
+    assert _latest_checkpoint(run).name == "0000004"
+    (run / "checkpoints" / "0000004" / "model.safetensors").write_bytes(b"garbage")
+    assert _latest_checkpoint(run).name == "0000002"  # damaged newest falls back to the previous one
+    from dataclasses import replace
+
+    with pytest.raises(ConfigError, match="changed: width"):
+        train(replace(cfg, policy=tiny_policy_cfg(type="flow", sampler="euler", width=32),
+                      run=replace(cfg.run, resume=True)))

@@ -75,10 +75,11 @@ def test_action_dim_mismatch_is_reported(tmp_path: Path) -> None:
     from tests.test_data import make_buffer
 
     make_buffer(ds=2, da=3).save(tmp_path / "wrong.zarr")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     r = gp("train", "task=toy/bimodal", "data.path=wrong.zarr", cwd=tmp_path, ok=False)
     assert r.returncode == 2 and "wrong.zarr: 'data/action' has dimension 3 but task 'toy/bimodal' expects 2" in r.stderr
-    before = sorted(p.name for p in (tmp_path / "wrong.zarr").rglob("*"))
-    assert before == sorted(p.name for p in (tmp_path / "wrong.zarr").rglob("*"))  # nothing on disk changed
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # nothing on disk changed and no run directory was created
 
 
 def test_nan_actions_are_reported(tmp_path: Path) -> None:

@@ -183,3 +183,13 @@ def test_robomimic_missing_data_group(tmp_path: Path) -> None:
         f.create_group("other")
     with pytest.raises(DataError, match="bad.hdf5.*'data'"):
         import_robomimic(tmp_path / "bad.hdf5")
+
+
+def test_float64_store_is_read_as_float32_and_ints_are_refused(tmp_path: Path) -> None:
+    rb = make_buffer()
+    rb.data["action"] = rb.data["action"].astype(np.float64)
+    rb.validate()
+    assert rb.data["action"].dtype == np.float32
+    rb.data["state"] = np.zeros_like(rb.data["state"], dtype=np.int64)
+    with pytest.raises(DataError, match="'data/state' must hold floats"):
+        rb.validate()

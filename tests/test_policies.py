@@ -93,7 +93,7 @@ def test_betas_match_diffusers() -> None:
 @pytest.mark.parametrize("network", ["mlp", "unet"])
 def test_chain_view_is_consistent(kind: tuple[str, str], network: str) -> None:
     ptype, sampler = kind
-    steps = 4
+    steps = 4 if ptype == "flow" else 5
     p = _policy(type=ptype, sampler=sampler, steps=steps, network=network, eta=0.5)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -103,6 +103,8 @@ def test_chain_view_is_consistent(kind: tuple[str, str], network: str) -> None:
         chain = p.sample_chain(cond, noise=noise, step_noise=step_noise)
         plain = p.sample(cond, noise=noise, step_noise=step_noise)
     assert chain.chain.shape == (4, steps + 1, 8, 3)
+    if ptype == "diffusion":  # the recorded stds are the scheduler's own per-step stds
+        assert torch.allclose(chain.stds[0, :, 0, 0], p._grid["std"], atol=1e-7)
     assert torch.equal(chain.chain[:, 0], noise)
     assert torch.allclose(chain.actions, plain, atol=1e-6)
     # every stored transition is mean + std * z with the recorded stats
@@ -177,7 +179,7 @@ def test_select_action_replans_every_ta_steps() -> None:
 
 
 def test_actions_are_unnormalised_into_data_range() -> None:
-    p = _policy(type="diffusion", sampler="ddim", steps=3)
+    p = _policy(type="diffusion", sampler="ddim", steps=3, timestep_spacing="trailing")
     with torch.no_grad():
         a = p.predict_chunk(_obs(16))
     lo, hi = p.normalizer.stat("action", "min"), p.normalizer.stat("action", "max")
@@ -192,3 +194,48 @@ def test_set_sampler_validates() -> None:
         p.set_sampler("euler")
     p.set_sampler("ddpm", 10)
     assert p.cfg.sampler == "ddpm" and p._grid["t"].tolist()[0] == 90
+
+
+def test_ddim_trailing_spacing_matches_diffusers_for_few_steps() -> None:
+    from diffusers import DDIMScheduler
+
+    p = _policy(type="diffusion", sampler="ddim", steps=4, timestep_spacing="trailing")
+    sched = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", clip_sample=True,
+                          set_alpha_to_one=True, steps_offset=0, timestep_spacing="trailing")
+    with torch.no_grad():
+        cond = p.encode(_obs())
+        ref = _diffusers_loop(p, sched, cond, gen_seed=9, eta=0.0)
+        x0, z = _our_noise(p, 4, 9, [False] * 4)
+        ours = p.sample(cond, noise=x0, step_noise=z)
+    assert p._grid["t"].tolist() == [99, 74, 49, 24]
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_few_leading_steps_are_refused() -> None:
+    from genpolicy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="timestep_spacing=trailing"):
+        tiny_policy_cfg(type="diffusion", sampler="ddim", steps=2)
+    with pytest.raises(ConfigError, match="power of two <= 64"):
+        tiny_policy_cfg(type="flow", sampler="shortcut", steps=128)
+
+
+def test_ddpm_training_noise_matches_diffusers_add_noise() -> None:
+    from diffusers import DDPMScheduler
+
+    p = _policy(type="diffusion", sampler="ddim", prediction="sample")
+    seen = []
+    p.net.forward = lambda x, t, cond, d=None: (seen.append(x), torch.zeros_like(x))[1]  # type: ignore[method-assign]
+    a, z, t = torch.randn(3, 8, 3), torch.randn(3, 8, 3), torch.tensor([0, 50, 99])
+    p.per_sample_loss(torch.zeros(3, 1), a, z, t)
+    ref = DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2").add_noise(a, z, t)
+    assert torch.allclose(seen[0], ref, atol=1e-6)
+
+
+def test_shortcut_targets_vanish_for_a_straight_flow() -> None:
+    """If the velocity field is exactly constant, two half steps equal one full step: zero shortcut loss."""
+    p = _policy(type="flow", sampler="euler", shortcut=True)
+    a, z = torch.randn(16, 8, 3), torch.randn(16, 8, 3)
+    p.velocity = lambda x, t, cond, d=None: (a - z)  # type: ignore[method-assign]
+    err = p._shortcut_loss(torch.zeros(16, 1), a, z, torch.Generator().manual_seed(0))
+    assert err.shape == (16,) and torch.allclose(err, torch.zeros(16), atol=1e-10)

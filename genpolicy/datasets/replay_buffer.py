@@ -8,9 +8,7 @@ Writes go to a temporary sibling and are renamed into place, so an existing stor
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from genpolicy.errors import DataError
+from genpolicy.fsutil import replace_dir, temp_sibling
 
 
 @dataclass
@@ -81,6 +80,11 @@ class ReplayBuffer:
             if arr.shape[0] != n:
                 raise DataError(f"{src}: 'data/{key}' has {arr.shape[0]} steps but meta/episode_ends says {n} "
                                 f"(truncated or inconsistent store)")
+        for key in ("action", "state"):
+            if not np.issubdtype(self.data[key].dtype, np.floating):
+                raise DataError(f"{src}: 'data/{key}' must hold floats, got dtype {self.data[key].dtype}")
+            if self.data[key].dtype != np.float32:  # float64 stores are common; the policy computes in float32
+                self.data[key] = self.data[key].astype(np.float32)
         act = self.data["action"]
         if act.ndim != 2:
             raise DataError(f"{src}: 'data/action' must be (N, Da), got shape {act.shape}")
@@ -105,7 +109,7 @@ class ReplayBuffer:
         self.validate()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp = temp_sibling(path)
         try:
             root = zarr.open_group(str(tmp), mode="w")
             data = root.create_group("data")
@@ -114,7 +118,7 @@ class ReplayBuffer:
                 data.array(key, arr, chunks=chunks)
             root.create_group("meta").array("episode_ends", np.asarray(self.episode_ends, dtype=np.int64))
             root.attrs.update(json.loads(json.dumps(self.attrs, default=float)))
-            _replace_dir(tmp, path)
+            replace_dir(tmp, path)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -152,18 +156,3 @@ class ReplayBuffer:
         rb = cls(data=data, episode_ends=ends, attrs=dict(root.attrs), source=str(path))
         rb.validate()
         return rb
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move directory src to dst; an existing dst is swapped out and deleted only after the move succeeded."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(dst, old)
-        try:
-            os.replace(src, dst)
-        except BaseException:
-            os.replace(old, dst)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)

@@ -21,7 +21,7 @@ GOAL_TOL = 0.15
 
 
 class ToyEnv:
-    """State: agent position (2,). Action: velocity in [-1, 1]^2. Success: within 0.1 of the goal."""
+    """State: agent position (2,). Action: velocity in [-1, 1]^2. Success: within GOAL_TOL of the goal."""
 
     def __init__(self, seed: int = 0, images: bool = False, image_size: int = 64, max_episode_steps: int = 0,
                  render_size: int = 128) -> None:

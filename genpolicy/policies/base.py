@@ -68,11 +68,13 @@ class GenerativePolicy(nn.Module):
         return next(self.parameters()).device
 
     # --- data side ----------------------------------------------------------------------------------------------
-    def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Raw observation window {state: (B,To,Ds), image.<cam>: (B,To,3,H,W) uint8} -> cond (B, Dc)."""
+    def encode(self, obs: dict[str, torch.Tensor], generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Raw observation window {state: (B,To,Ds), image.<cam>: (B,To,3,H,W) uint8} -> cond (B, Dc).
+
+        In train mode image crops are random (drawn from `generator` when given, for exact resume)."""
         normed = dict(obs)
         normed["state"] = self.normalizer.normalize("state", obs["state"].float())
-        return self.obs_encoder(normed)
+        return self.obs_encoder(normed, generator)
 
     def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
         return self.normalizer.normalize("action", actions)

@@ -50,7 +50,7 @@ class DiffusionPolicy(GenerativePolicy):
         return (out - target) ** 2
 
     def loss(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
-        cond = self.encode(batch["obs"])  # (B, Dc)
+        cond = self.encode(batch["obs"], generator)  # (B, Dc)
         actions = self.normalize_actions(batch["action"])  # (B, H, Da)
         b = actions.shape[0]
         noise = torch.randn(actions.shape, generator=generator, device=actions.device)
@@ -67,9 +67,11 @@ class DiffusionPolicy(GenerativePolicy):
     def _on_sampler_change(self) -> None:
         c = self.cfg
         T, K = c.num_train_timesteps, c.steps
-        ratio = T // K
-        ts = (torch.arange(K) * ratio).flip(0)  # (K,) "leading" spacing, descending
-        prev = ts - ratio  # DDIM and DDPM(K<T) both step to the next grid point; -1 means "to data"
+        if c.timestep_spacing == "leading":
+            ts = (torch.arange(K) * (T // K)).flip(0)  # (K,) descending, as diffusers
+        else:  # trailing: the first step starts from pure noise at t = T-1
+            ts = torch.round(torch.arange(T, 0, -T / K, dtype=torch.float64)).long() - 1
+        prev = torch.cat([ts[1:], torch.tensor([-1])])  # step to the next grid point; -1 means "to data"
         ac = self.alphas_cumprod.double().cpu()
         a_t = ac[ts]
         a_prev = torch.where(prev >= 0, ac[prev.clamp_min(0)], torch.ones(()).double())  # set_alpha_to_one

@@ -72,7 +72,7 @@ class FlowPolicy(GenerativePolicy):
         return ((self.velocity(x_t, t, cond, d2) - target) ** 2).mean((1, 2))
 
     def loss(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
-        cond = self.encode(batch["obs"])  # (B, Dc)
+        cond = self.encode(batch["obs"], generator)  # (B, Dc)
         actions = self.normalize_actions(batch["action"])  # (B, H, Da)
         b, dev = actions.shape[0], actions.device
         noise = torch.randn(actions.shape, generator=generator, device=dev)

@@ -23,9 +23,10 @@ from genpolicy.config import TrainConfig
 from genpolicy.datasets.replay_buffer import ReplayBuffer
 from genpolicy.datasets.sequence import SequenceSampler, split_episodes
 from genpolicy.envs.registry import make_env
-from genpolicy.errors import CheckpointError, DataError
+from genpolicy.errors import CheckpointError, ConfigError, DataError
+from genpolicy.fsutil import replace_dir, temp_sibling
 from genpolicy.policies import GenerativePolicy, ShapeMeta, make_policy
-from genpolicy.training.checkpoint import load_training_state, save_checkpoint
+from genpolicy.training.checkpoint import load_training_state, read_config, read_manifest, save_checkpoint
 from genpolicy.training.ema import EMA
 from genpolicy.training.evaluate import evaluate
 from genpolicy.training.runs import MetricsLogger, make_run_dir, progress_bar, resolve_device, slug
@@ -65,9 +66,19 @@ def load_demos(cfg: TrainConfig) -> ReplayBuffer:
     return rb
 
 
+def _step_checkpoints(run_dir: Path) -> list[Path]:
+    return sorted((p for p in (run_dir / "checkpoints").glob("[0-9]*") if p.name.isdigit()), key=lambda p: int(p.name))
+
+
 def _latest_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = sorted(p for p in (run_dir / "checkpoints").glob("[0-9]*") if (p / "manifest.json").exists())
-    return ckpts[-1] if ckpts else None
+    """Newest checkpoint that verifies; a damaged newest one falls back to the one before."""
+    for ckpt in reversed(_step_checkpoints(run_dir)):
+        try:
+            read_manifest(ckpt)
+            return ckpt
+        except CheckpointError:
+            continue
+    return None
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -80,6 +91,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     latest = _latest_checkpoint(run_dir) if cfg.run.resume else None
     if cfg.run.resume and latest is None:
         raise CheckpointError(f"{run_dir}: run.resume=true but no complete checkpoint under {run_dir / 'checkpoints'}")
+    if not cfg.run.resume and _step_checkpoints(run_dir):
+        raise ConfigError(f"{run_dir}: already holds checkpoints of another run; continue it with run.resume=true "
+                          f"or choose a new run.dir")
+    if latest is not None:
+        saved = read_config(latest)["policy"]["config"]
+        diff = sorted(k for k, v in asdict(cfg.policy).items() if saved.get(k) != v)
+        if diff:
+            raise ConfigError(f"{latest / 'config.json'}: cannot resume with a different policy config "
+                              f"(changed: {', '.join(diff)})")
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
 
     train_eps, val_eps = split_episodes(rb.n_episodes, cfg.data.val_fraction, cfg.data.seed, cfg.data.max_train_episodes)
@@ -109,7 +129,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     def save(step: int) -> Path:
         path = save_checkpoint(run_dir / "checkpoints" / f"{step:07d}", policy, ckpt_meta, step, ema=ema.model,
                                optimizer=opt, trainer_state={"step": step, "best": best})
-        for old in sorted((run_dir / "checkpoints").glob("[0-9]*"))[:-2]:  # keep the last two
+        for old in [p for p in _step_checkpoints(run_dir) if int(p.name) < step][:-1]:  # keep this one and the one before
             shutil.rmtree(old, ignore_errors=True)
         return path
 
@@ -123,11 +143,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             best.update(success_rate=res["success_rate"], step=step)
             ckpt = save(step)
             dst = run_dir / "checkpoints" / "best"
-            tmp = dst.with_name(".best.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
+            tmp = temp_sibling(dst)
             shutil.copytree(ckpt, tmp)
-            shutil.rmtree(dst, ignore_errors=True)
-            tmp.rename(dst)
+            replace_dir(tmp, dst)
         return res
 
     bar = progress_bar(cfg.train.steps, f"train {p.type}", "step", cfg.run.progress, initial=start)

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,6 +18,7 @@ from safetensors.torch import load_file, save_file
 import genpolicy
 from genpolicy.config import policy_config_from_dict
 from genpolicy.errors import CheckpointError
+from genpolicy.fsutil import replace_dir, temp_sibling
 from genpolicy.policies import GenerativePolicy, ShapeMeta, make_policy
 
 MODEL_FILE, CONFIG_FILE, MANIFEST_FILE = "model.safetensors", "config.json", "manifest.json"
@@ -68,7 +67,7 @@ def save_checkpoint(path: str | Path, policy: GenerativePolicy, config: dict[str
     """Atomically write a checkpoint directory at `path` (an existing one is replaced only after success)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = temp_sibling(path)
     tmp.mkdir()
     try:
         full = {"policy": {"config": _policy_cfg_dict(policy), "shape": policy.shape.to_dict()}, **config}
@@ -87,13 +86,7 @@ def save_checkpoint(path: str | Path, policy: GenerativePolicy, config: dict[str
             "files": {name: _sha256(tmp / name) for name in files},
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_dir(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -162,12 +155,17 @@ def load_training_state(path: str | Path, policy: GenerativePolicy, ema: Generat
     path = Path(path)
     read_manifest(path)
     weights = load_file(str(path / MODEL_FILE))
-    policy.load_state_dict({k[6:]: v for k, v in weights.items() if k.startswith("model.")}, strict=True)
-    ema.load_state_dict({k[4:]: v for k, v in weights.items() if k.startswith("ema.")}, strict=True)
+    try:
+        policy.load_state_dict({k[6:]: v for k, v in weights.items() if k.startswith("model.")}, strict=True)
+        ema.load_state_dict({k[4:]: v for k, v in weights.items() if k.startswith("ema.")}, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path / MODEL_FILE}: cannot resume from these weights: {str(e).splitlines()[0]}") from None
     meta_path = path / TRAINER_META
     if not meta_path.exists():
         raise CheckpointError(f"{meta_path}: missing; this checkpoint cannot resume training")
     meta = json.loads(meta_path.read_text())
+    if "optimizer" not in meta or "step" not in meta:
+        raise CheckpointError(f"{meta_path}: missing 'optimizer' or 'step'; this checkpoint cannot resume training")
     tensors = load_file(str(path / TRAINER_FILE)) if (path / TRAINER_FILE).exists() else {}
     optimizer.load_state_dict(_unflatten_optimizer(tensors, meta.pop("optimizer")))
     return meta

@@ -32,6 +32,7 @@ def evaluate(policy: GenerativePolicy, task: str, n_episodes: int = 50, n_envs: 
         raise DataError(f"task '{task}' has state/action dims ({spec.state_dim}, {spec.action_dim}) but the policy "
                         f"expects ({policy.shape.state_dim}, {policy.shape.action_dim})")
     device = policy.device
+    gen = torch.Generator(device=device).manual_seed(seed)  # sampling noise is part of the seeded protocol
     episodes: list[dict[str, Any]] = []
     slot_ep: list[Optional[int]] = [None] * n_envs
     slot_obs: list[Optional[dict[str, np.ndarray]]] = [None] * n_envs
@@ -57,7 +58,7 @@ def evaluate(policy: GenerativePolicy, task: str, n_episodes: int = 50, n_envs: 
         active = [i for i in range(n_envs) if slot_ep[i] is not None]
         batch = {k: torch.as_tensor(np.stack([slot_obs[i][k] for i in active]), device=device)  # type: ignore[index]
                  for k in slot_obs[active[0]]}  # type: ignore[union-attr]
-        chunks = policy.predict_chunk(batch).cpu().numpy()  # (B, H, Da)
+        chunks = policy.predict_chunk(batch, generator=gen).cpu().numpy()  # (B, H, Da)
         for j, i in enumerate(active):
             res = envs[i].step(chunks[j])
             st = slot_stats[i]

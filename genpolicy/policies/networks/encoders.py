@@ -5,6 +5,8 @@ Shapes: B batch, To observation steps, Ds state dim, 3xHxW images (uint8 in, flo
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -56,7 +58,7 @@ class ImageEncoder(nn.Module):
         self.pool = SpatialSoftmax(512, num_kp)
         self.proj = nn.Sequential(nn.Linear(2 * num_kp, feature_dim), nn.ReLU())
 
-    def _crop(self, x: torch.Tensor) -> torch.Tensor:
+    def _crop(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         _, _, h, w = x.shape
         c = self.crop
         if c >= h and c >= w:
@@ -64,8 +66,8 @@ class ImageEncoder(nn.Module):
         if self.training:
             # one random offset per sample: the augmentation Diffusion Policy found essential
             b = x.shape[0]
-            oy = torch.randint(0, h - c + 1, (b,), device=x.device)
-            ox = torch.randint(0, w - c + 1, (b,), device=x.device)
+            oy = torch.randint(0, h - c + 1, (b,), device=x.device, generator=generator)
+            ox = torch.randint(0, w - c + 1, (b,), device=x.device, generator=generator)
             rows = (oy[:, None] + torch.arange(c, device=x.device)[None])  # (B, c)
             cols = (ox[:, None] + torch.arange(c, device=x.device)[None])
             x = x[torch.arange(b, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (B, c, c, 3)
@@ -73,9 +75,9 @@ class ImageEncoder(nn.Module):
         oy, ox = (h - c) // 2, (w - c) // 2
         return x[:, :, oy:oy + c, ox:ox + c]
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
+    def forward(self, img: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         x = img.float() / 127.5 - 1.0  # uint8 -> [-1, 1]
-        return self.proj(self.pool(self.trunk(self._crop(x))))  # (B, F)
+        return self.proj(self.pool(self.trunk(self._crop(x, generator))))  # (B, F)
 
 
 class ObsEncoder(nn.Module):
@@ -88,12 +90,12 @@ class ObsEncoder(nn.Module):
         self.images = nn.ModuleDict({cam: ImageEncoder(image_size, crop_ratio, feature_dim) for cam in self.cameras})
         self.out_dim = n_obs_steps * (state_dim + len(self.cameras) * feature_dim)
 
-    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, obs: dict[str, torch.Tensor], generator: Optional[torch.Generator] = None) -> torch.Tensor:
         state = obs["state"]  # (B, To, Ds)
         b, to = state.shape[:2]
         parts = [state]
         for cam in self.cameras:
             img = obs[f"image.{cam}"]  # (B, To, 3, H, W)
-            feats = self.images[cam](img.flatten(0, 1))  # (B*To, F)
+            feats = self.images[cam](img.flatten(0, 1), generator)  # (B*To, F)
             parts.append(feats.view(b, to, -1))
         return torch.cat(parts, dim=-1).flatten(1)  # (B, To*(Ds+n_cams*F))
