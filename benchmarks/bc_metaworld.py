@@ -84,7 +84,8 @@ def write_markdown(rows: list[dict], meta: dict, path: Path) -> None:
     lines = [
         "# Behaviour cloning on Meta-World and robosuite (scripted demonstrations)",
         "",
-        f"Command: `{meta['command']}`",
+        "Command" + ("s (one worker per seed, sharing this file)" if len(meta.get("commands", [])) > 1 else "") + ": "
+        + "; ".join(f"`{c}`" for c in meta.get("commands", [meta["command"]])),
         f"Machine: {meta['machine']}; versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
         f"Setup: {meta['demos']} clean scripted demos per task and seed (demo seeds differ per training seed), "
         f"{meta['steps']} gradient steps, batch 256, residual MLP 512x3, To=2 H=16 Ta=8, EMA; "
@@ -123,7 +124,9 @@ def save_rows(new: list[dict], meta: dict, out_json: Path, out_md: Path) -> list
 
     with open(out_json.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        rows = json.loads(out_json.read_text())["rows"] if out_json.exists() else []
+        prev = json.loads(out_json.read_text()) if out_json.exists() else {"rows": [], "meta": {}}
+        rows = prev["rows"]
+        meta = dict(meta, commands=list(dict.fromkeys(prev["meta"].get("commands", []) + [meta["command"]])))
         keys = {(r["task"], r["policy"], r["seed"]) for r in new}
         rows = [r for r in rows if (r["task"], r["policy"], r["seed"]) not in keys] + new
         rows.sort(key=lambda r: (r["task"], r["policy"], r["seed"]))
@@ -145,6 +148,7 @@ def main() -> int:
     ap.add_argument("--work", default="runs/bench_bc")
     ap.add_argument("--out", default=str(OUT / "bc_metaworld"))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default); run one worker per seed with 1")
+    ap.add_argument("--report", action="store_true", help="only rewrite the markdown from the JSON")
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -156,6 +160,10 @@ def main() -> int:
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads per worker, "
                        f"CUDA {'yes' if torch.cuda.is_available() else 'no'}",
             "versions": versions(), "steps": args.steps, "demos": args.demos, "episodes": args.episodes}
+    if args.report:
+        saved = json.loads(out_json.read_text())
+        write_markdown(saved["rows"], saved["meta"], out_md)
+        return 0
     for seed in args.seeds:
         for task in args.tasks:
             for ptype in args.policies:
