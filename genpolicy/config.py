@@ -204,11 +204,6 @@ class DataCommandConfig:
     progress: bool = True
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain JSON-able dict of a config dataclass."""
-    return dataclasses.asdict(cfg)
-
-
 def policy_config_from_dict(d: dict[str, Any], source: str) -> PolicyConfig:
     """Rebuild a PolicyConfig from saved JSON; unknown keys are an error naming the file."""
     known = {f.name for f in dataclasses.fields(PolicyConfig)}

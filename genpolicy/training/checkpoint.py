@@ -7,6 +7,7 @@ strict (missing or unexpected keys are errors), verifies sha256 of every file, a
 from __future__ import annotations
 
 import hashlib
+from dataclasses import asdict
 import json
 import shutil
 from pathlib import Path
@@ -70,7 +71,7 @@ def save_checkpoint(path: str | Path, policy: GenerativePolicy, config: dict[str
     tmp = temp_sibling(path)
     tmp.mkdir()
     try:
-        full = {"policy": {"config": _policy_cfg_dict(policy), "shape": policy.shape.to_dict()}, **config}
+        full = {"policy": {"config": asdict(policy.cfg), "shape": policy.shape.to_dict()}, **config}
         (tmp / CONFIG_FILE).write_text(json.dumps(full, indent=2, default=str))
         weights = _tensors("model.", policy.state_dict())
         if ema is not None:
@@ -91,12 +92,6 @@ def save_checkpoint(path: str | Path, policy: GenerativePolicy, config: dict[str
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return path
-
-
-def _policy_cfg_dict(policy: GenerativePolicy) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(policy.cfg)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
