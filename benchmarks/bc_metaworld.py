@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -52,11 +53,14 @@ def run_one(task: str, ptype: str, seed: int, args: argparse.Namespace, work: Pa
     data = work / f"{task.replace('/', '_')}_seed{seed}.zarr"
     if not data.exists():
         generate(task, args.demos, seed=seed * 1000, progress=False).save(data)
+    run_dir = work / f"{task.replace('/', '_')}_{ptype}_seed{seed}"
+    if run_dir.exists():  # a row missing from the JSON: its run was interrupted; retrain it so the timing is whole
+        shutil.rmtree(run_dir)
     policy = PolicyConfig(type=ptype, sampler="ddim" if ptype == "diffusion" else "euler", steps=10)
     cfg = TrainConfig(task=TaskConfig(name=task), policy=policy, data=DataConfig(path=str(data), seed=seed),
                       train=OptimConfig(steps=args.steps, batch_size=256),
                       eval=EvalConfig(n_episodes=args.episodes, n_envs=10, n_videos=1, every=0),
-                      run=RunConfig(dir=str(work / f"{task.replace('/', '_')}_{ptype}_seed{seed}"), seed=seed,
+                      run=RunConfig(dir=str(run_dir), seed=seed,
                                     log_every=500, ckpt_every=10**9, progress=False))
     t0 = time.time()
     res = train(cfg)

@@ -7,6 +7,7 @@
     genpolicy train task=metaworld/door-open-v3 policy=flow policy.steps=4
     genpolicy eval ckpt=runs/<run>/checkpoints/best [policy sampler/steps overrides: sampler=shortcut steps=1]
     genpolicy envs list
+    genpolicy bench sampler [nets=[mlp] batches=[1] compiled=false out=benchmarks/results]
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def _register() -> None:
     cs.store(name="demo_schema", node=TrainConfig)  # the demo is a training run that also makes its data
     cs.store(name="eval_schema", node=EvalCommandConfig)
     cs.store(name="data_schema", node=DataCommandConfig)
+    from genpolicy.bench import BenchSamplerConfig
+
+    cs.store(name="bench_sampler_schema", node=BenchSamplerConfig)
     for task in list_tasks():  # `task=<name>` works for every registered task
         suite, name = task.split("/", 1)
         cs.store(group=f"task/{suite}", name=name, node=TaskConfig(name=task), package="task")
@@ -102,8 +106,10 @@ def cmd_eval(args: list[str]) -> int:
     if not cfg.ckpt:
         raise GenpolicyError("eval needs a checkpoint: genpolicy eval ckpt=runs/<run>/checkpoints/best")
     policy = load_policy(cfg.ckpt, use_ema=cfg.use_ema, device=resolve_device(cfg.run.device))
-    if cfg.sampler or cfg.steps:
-        policy.set_sampler(cfg.sampler or None, cfg.steps or None)
+    extra = {k: v for k, v in (("warm_start_steps", cfg.warm_start_steps), ("backend", cfg.backend),
+                                ("adaptive_tol", cfg.adaptive_tol)) if v not in (-1, "", 0.0)}
+    if cfg.sampler or cfg.steps or extra:
+        policy.set_sampler(cfg.sampler or None, cfg.steps or None, **extra)
     saved_task = read_config(cfg.ckpt).get("task", {})
     task = cfg.task or saved_task.get("name", "")
     if not task:
@@ -179,7 +185,25 @@ def cmd_demo(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "envs": cmd_envs, "demo": cmd_demo}
+def cmd_bench(args: list[str]) -> int:
+    from genpolicy.bench import BenchSamplerConfig, bench_sampler
+
+    positional, overrides = _split_args(args)
+    if positional != ["sampler"]:
+        raise GenpolicyError("usage: genpolicy bench sampler [key=value ...] (see genpolicy/bench.py)")
+    cfg = compose("bench_sampler", overrides, BenchSamplerConfig)
+    res = bench_sampler(cfg, command=" ".join(["genpolicy bench sampler", *overrides]))
+    for r in res["rows"]:
+        comp = "-" if r["compiled_ms"] is None else f"{r['compiled_ms']:.3f}"
+        print(f"{r['device']:5s} {r['net']:5s} b={r['batch']:<3d} {r['method']:8s} eager {r['eager_ms']:.3f} ms  "
+              f"compiled {comp} ms  usual {r['usual_loop_ms']:.3f} ms  floor {r['floor_ms']:.3f} ms  "
+              f"diff {r['max_abs_diff']:.1e}")
+    print(f"wrote {Path(cfg.out) / 'sampler.md'} and sampler.json")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "envs": cmd_envs, "demo": cmd_demo,
+            "bench": cmd_bench}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

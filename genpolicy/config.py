@@ -13,7 +13,8 @@ from typing import Any
 from genpolicy.errors import ConfigError
 
 POLICY_TYPES = ("diffusion", "flow")
-SAMPLERS = {"diffusion": ("ddim", "ddpm"), "flow": ("euler", "shortcut")}
+SAMPLERS = {"diffusion": ("ddim", "ddpm"), "flow": ("euler", "heun", "midpoint", "shortcut", "adaptive")}
+BACKENDS = ("auto", "eager", "compiled", "cuda_graph")
 NETWORKS = ("mlp", "unet")
 
 
@@ -38,8 +39,11 @@ class PolicyConfig:
     n_groups: int = 8
     time_dim: int = 128
     # sampling (both families)
-    sampler: str = "ddim"  # diffusion: ddim | ddpm; flow: euler | shortcut
-    steps: int = 10  # K, network calls per chunk
+    sampler: str = "ddim"  # diffusion: ddim | ddpm; flow: euler | heun | midpoint | shortcut | adaptive
+    steps: int = 10  # K grid steps per chunk (heun/midpoint: 2 network calls each; adaptive: the most it may take)
+    adaptive_tol: float = 0.02  # adaptive flow sampler: accepted local error per step (normalised action units)
+    warm_start_steps: int = 0  # deployment: >0 starts each next chunk from the re-noised previous tail, this many steps
+    backend: str = "auto"  # auto (CUDA graph on a GPU, eager on a CPU) | eager | compiled | cuda_graph
     # diffusion
     num_train_timesteps: int = 100
     beta_schedule: str = "squaredcos_cap_v2"  # squaredcos_cap_v2 | linear
@@ -68,6 +72,12 @@ class PolicyConfig:
         _check(1 <= self.n_action_steps <= self.horizon,
                f"policy.n_action_steps ({self.n_action_steps}) must be in [1, policy.horizon={self.horizon}]")
         _check(self.steps >= 1, f"policy.steps must be >= 1, got {self.steps}")
+        _check(self.backend in BACKENDS, f"policy.backend must be one of {BACKENDS}, got '{self.backend}'")
+        _check(0 <= self.warm_start_steps < self.steps or self.warm_start_steps == 0,
+               f"policy.warm_start_steps ({self.warm_start_steps}) must be in [0, policy.steps={self.steps})")
+        _check(self.adaptive_tol > 0, f"policy.adaptive_tol must be > 0, got {self.adaptive_tol}")
+        _check(not (self.warm_start_steps and self.sampler == "adaptive"),
+               "policy.warm_start_steps needs a fixed grid; it does not combine with policy.sampler=adaptive")
         if self.type == "diffusion":
             _check(self.steps <= self.num_train_timesteps,
                    f"policy.steps ({self.steps}) must be <= policy.num_train_timesteps ({self.num_train_timesteps})")
@@ -187,6 +197,9 @@ class EvalCommandConfig:
     task: str = ""  # empty = the checkpoint's task
     sampler: str = ""  # override the checkpoint's sampler, e.g. shortcut
     steps: int = 0  # override the number of sampling steps
+    warm_start_steps: int = -1  # override policy.warm_start_steps (-1 keeps the checkpoint's)
+    backend: str = ""  # override policy.backend (eager | compiled | cuda_graph)
+    adaptive_tol: float = 0.0  # override policy.adaptive_tol (sampler=adaptive)
     use_ema: bool = True
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)

@@ -49,6 +49,13 @@ def test_generate_info_train_eval_convert(tmp_path: Path) -> None:
     r = gp("eval", "ckpt=run/checkpoints/best", "sampler=shortcut", "steps=1", "eval.n_episodes=2", "run.dir=ev",
            "eval.n_videos=0", "run.progress=false", cwd=tmp_path)
     assert "shortcut, 1 steps" in r.stdout and (tmp_path / "ev" / "eval" / "eval.json").exists()
+    r = gp("eval", "ckpt=run/checkpoints/best", "sampler=adaptive", "steps=8", "eval.n_episodes=2", "run.dir=ev2",
+           "eval.n_videos=0", "run.progress=false", cwd=tmp_path)
+    ev2 = json.loads((tmp_path / "ev2" / "eval" / "eval.json").read_text())
+    assert ev2["sampler"] == "adaptive" and 2 <= ev2["nfe_per_chunk"] <= 8 * 5 + 1
+    r = gp("eval", "ckpt=run/checkpoints/best", "warm_start_steps=2", "eval.n_episodes=2", "run.dir=ev3",
+           "eval.n_videos=0", "run.progress=false", cwd=tmp_path)
+    assert json.loads((tmp_path / "ev3" / "eval" / "eval.json").read_text())["warm_start_steps"] == 2
     gp("data", "convert", "toy.zarr", "toy_lerobot", "format=lerobot", cwd=tmp_path)
     gp("data", "convert", "toy_lerobot", "back.zarr", cwd=tmp_path)
     assert "episodes: 8" in gp("data", "info", "back.zarr", cwd=tmp_path).stdout
@@ -63,6 +70,8 @@ def test_generate_info_train_eval_convert(tmp_path: Path) -> None:
     (["eval", "ckpt=nowhere"], "nowhere: no such checkpoint"),
     (["data", "info", "nothing.zarr"], "nothing.zarr"),
     (["frobnicate"], "unknown command"),
+    (["bench", "sampler", "methods=[nope]"], "unknown method 'nope'"),
+    (["train", "task=toy/bimodal", "policy.warm_start_steps=99"], "policy.warm_start_steps (99) must be in [0, policy.steps=10)"),
 ])
 def test_bad_input_gives_one_line_error(tmp_path: Path, args: list[str], needle: str) -> None:
     r = gp(*args, cwd=tmp_path, ok=False)
@@ -120,3 +129,17 @@ def test_demo_pipeline_smoke(tmp_path: Path) -> None:
     assert (tmp_path / "demo" / "learning_curve.png").stat().st_size > 5000
     assert (tmp_path / "demo" / "eval" / "episode_000.mp4").exists()
     assert json.loads((tmp_path / "demo" / "demo.json").read_text())["eval"]["n_episodes"] == 2
+
+
+def test_bench_sampler_smoke(tmp_path: Path) -> None:
+    r = gp("bench", "sampler", "tiny=true", "compiled=false", "nets=[mlp,unet]", "batches=[2]",
+           "methods=[ddim10,euler10,1step]", "budget_s=0.01", "min_reps=2", "out=res", "progress=false", cwd=tmp_path)
+    assert "wrote res/sampler.md" in r.stdout
+    res = json.loads((tmp_path / "res" / "sampler.json").read_text())
+    assert len(res["rows"]) == 6 and len(res["select_action"]) == 2
+    for row in res["rows"]:
+        assert {"device", "net", "batch", "method", "eager_ms", "compiled_ms", "usual_loop_ms", "floor_ms",
+                "max_abs_diff"} <= set(row)
+        assert row["max_abs_diff"] < 1e-5  # the engine and the diffusers loop sample the same chunk
+        assert row["eager_ms"] > 0 and row["usual_loop_ms"] > 0 and row["floor_ms"] > 0
+    assert "| cpu | unet | 2 | 1step |" in (tmp_path / "res" / "sampler.md").read_text()

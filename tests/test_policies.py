@@ -57,7 +57,7 @@ def test_ddpm_matches_diffusers(prediction: str, steps: int) -> None:
     with torch.no_grad():
         cond = p.encode(_obs())
         ref = _diffusers_loop(p, sched, cond, gen_seed=3)
-        ts = p._grid["t"].tolist()
+        ts = p.grid.coef["t"]
         x0, z = _our_noise(p, 4, 3, [t > 0 for t in ts])
         ours = p.sample(cond, noise=x0, step_noise=z)
     assert torch.allclose(ours, ref, atol=1e-5), (ours - ref).abs().max()
@@ -104,7 +104,7 @@ def test_chain_view_is_consistent(kind: tuple[str, str], network: str) -> None:
         plain = p.sample(cond, noise=noise, step_noise=step_noise)
     assert chain.chain.shape == (4, steps + 1, 8, 3)
     if ptype == "diffusion":  # the recorded stds are the scheduler's own per-step stds
-        assert torch.allclose(chain.stds[0, :, 0, 0], p._grid["std"], atol=1e-7)
+        assert torch.allclose(chain.stds[0, :, 0, 0], torch.tensor(p.grid.std), atol=1e-7)
     assert torch.equal(chain.chain[:, 0], noise)
     assert torch.allclose(chain.actions, plain, atol=1e-6)
     # every stored transition is mean + std * z with the recorded stats
@@ -193,7 +193,7 @@ def test_set_sampler_validates() -> None:
     with pytest.raises(ConfigError):
         p.set_sampler("euler")
     p.set_sampler("ddpm", 10)
-    assert p.cfg.sampler == "ddpm" and p._grid["t"].tolist()[0] == 90
+    assert p.cfg.sampler == "ddpm" and p.grid.coef["t"][0] == 90
 
 
 def test_ddim_trailing_spacing_matches_diffusers_for_few_steps() -> None:
@@ -207,7 +207,7 @@ def test_ddim_trailing_spacing_matches_diffusers_for_few_steps() -> None:
         ref = _diffusers_loop(p, sched, cond, gen_seed=9, eta=0.0)
         x0, z = _our_noise(p, 4, 9, [False] * 4)
         ours = p.sample(cond, noise=x0, step_noise=z)
-    assert p._grid["t"].tolist() == [99, 74, 49, 24]
+    assert p.grid.coef["t"] == [99, 74, 49, 24]
     assert torch.allclose(ours, ref, atol=1e-5)
 
 

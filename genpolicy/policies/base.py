@@ -20,7 +20,9 @@ from genpolicy.policies.networks.encoders import ObsEncoder
 from genpolicy.policies.networks.mlp import ResidualMLP
 from genpolicy.policies.networks.unet1d import ConditionalUnet1D
 from genpolicy.policies.normalizer import Normalizer
-from genpolicy.policies.samplers import Chain, gaussian_log_prob, run_chain
+from genpolicy.errors import ConfigError
+from genpolicy.policies.samplers import (TIME_SCALE, Chain, Grid, NetDenoiser, Step, draw_step_noise, gaussian_log_prob,
+                                         grid_step, make_denoiser, run, run_adaptive)
 
 
 @dataclass
@@ -37,9 +39,7 @@ class ShapeMeta:
 
 
 class GenerativePolicy(nn.Module):
-    """Base for diffusion and flow policies. Subclasses implement `loss`, `_grid` and `step`."""
-
-    stochastic: bool = False  # whether the current grid adds noise at some step
+    """Base for diffusion and flow policies. Subclasses implement `loss` and `_make_grid`."""
 
     def __init__(self, cfg: PolicyConfig, shape: ShapeMeta) -> None:
         super().__init__()
@@ -87,44 +87,114 @@ class GenerativePolicy(nn.Module):
         """BC loss on a batch {obs: {...}, action: (B,H,Da) raw, action_is_pad: (B,H)}; returns {'loss', 'per_sample'}."""
         raise NotImplementedError
 
-    def step(self, x: torch.Tensor, k: int, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One chain step on the current grid: x_k (B,H,Da) -> (mean (B,H,Da), std broadcastable)."""
+    def _make_grid(self) -> Grid:
+        """The family's sampling grid for the current cfg.sampler / cfg.steps."""
         raise NotImplementedError
 
-    def set_sampler(self, sampler: Optional[str] = None, steps: Optional[int] = None) -> None:
-        """Switch the sampling method or number of steps (validated like the config)."""
+    # --- sampler settings -----------------------------------------------------------------------------------------
+    def set_sampler(self, sampler: Optional[str] = None, steps: Optional[int] = None, **kw: Any) -> None:
+        """Switch the sampling method, number of steps or other sampler fields (validated like the config)."""
         d = asdict(self.cfg)
         if sampler:
             d["sampler"] = sampler
         if steps:
             d["steps"] = steps
+        d.update(kw)
         self.cfg = PolicyConfig(**d)
         self._on_sampler_change()
 
     def _on_sampler_change(self) -> None:
-        pass
+        self.grid = self._make_grid()
+        self._accel: Optional[Any] = None  # built lazily by `_accelerated`
+        self.last_nfe: Optional[torch.Tensor] = None  # adaptive sampler: network evaluations per row of the last call
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the current grid adds noise at some step."""
+        return self.grid.stochastic
+
+    def resolved_backend(self) -> str:
+        """The sampling path `sample` takes: auto picks CUDA graphs on a GPU and eager on a CPU."""
+        b = self.cfg.backend
+        if b == "auto":
+            return "cuda_graph" if self.device.type == "cuda" else "eager"
+        return b
 
     # --- the chain view ------------------------------------------------------------------------------------------
     def initial_noise(self, batch: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         return torch.randn((batch, self.cfg.horizon, self.shape.action_dim), generator=generator, device=self.device)
 
+    def step(self, x: torch.Tensor, k: Step, cond: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """One differentiable grid step: x_k (B,H,Da) -> (mean (B,H,Da), std). k is an int or per-row (B,) steps."""
+        return grid_step(self.grid, k, x, NetDenoiser(self.net, self.grid, cond))
+
+    def renoise(self, data: torch.Tensor, start: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """A chain state at step `start` whose clean part is `data` (B,H,Da): the warm-start entry point."""
+        a, b = self.grid.renoise[0][start], self.grid.renoise[1][start]
+        z = torch.randn(data.shape, generator=generator, device=data.device, dtype=data.dtype)
+        return torch.add(data * a, z, alpha=b)
+
     def sample(self, cond: torch.Tensor, noise: Optional[torch.Tensor] = None, step_noise: Optional[torch.Tensor] = None,
-               generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Normalised action chunk (B,H,Da) from initial noise x_K (B,H,Da); deterministic grids need only `noise`."""
+               generator: Optional[torch.Generator] = None, start: int = 0, min_std: float = 0.0) -> torch.Tensor:
+        """Normalised action chunk (B,H,Da) from the chain state `noise` at grid step `start` (default: pure noise).
+
+        With grad enabled the result is differentiable; otherwise the fast path runs (cached conditioning, no
+        autograd, compiled or CUDA-graph replay when the backend says so) and returns an ordinary tensor.
+        """
         if noise is None:
             noise = self.initial_noise(cond.shape[0], generator)
-        return run_chain(self.step, cond, noise, self.cfg.steps, self.stochastic, step_noise, generator)  # type: ignore[return-value]
+        if self.cfg.sampler == "adaptive":
+            return self._sample_adaptive(cond, noise)
+        if step_noise is None:
+            step_noise = draw_step_noise(self.grid, noise, generator, start, min_std)
+        if torch.is_grad_enabled():
+            return run(self.grid, NetDenoiser(self.net, self.grid, cond), noise, step_noise,  # type: ignore[return-value]
+                       start=start, min_std=min_std)
+        backend = self.resolved_backend()
+        if backend != "eager" and start == 0 and min_std == 0.0:
+            return self._accelerated(backend)(cond, noise, step_noise)
+        with torch.inference_mode():
+            x = run(self.grid, make_denoiser(self.net, self.grid, cond), noise, step_noise, start=start, min_std=min_std)
+        return x.clone()  # an ordinary tensor again, usable in autograd later (e.g. as a stored RL action)
+
+    def _sample_adaptive(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        step_size = self.grid.eval_d is not None
+
+        def velocity(x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            c = cond[rows]
+            if step_size:  # the instantaneous velocity: shortcut step size 0
+                return self.net(x, t * TIME_SCALE, c, t.new_zeros(t.shape))
+            return self.net(x, t * TIME_SCALE, c)
+
+        with torch.inference_mode():
+            out = run_adaptive(velocity, noise.clone(), self.cfg.adaptive_tol, self.cfg.steps)
+        self.last_nfe = out["nfe"].clone()
+        return out["x"].clone()
+
+    def _accelerated(self, backend: str) -> Any:
+        if self._accel is None or self._accel.kind != backend:
+            from genpolicy.policies.accel import BucketedSampler
+
+            self._accel = BucketedSampler(self, backend)
+        return self._accel
 
     def sample_chain(self, cond: torch.Tensor, noise: Optional[torch.Tensor] = None,
-                     step_noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None) -> Chain:
-        """Like `sample`, but keeps every chain state with its step means and stds."""
+                     step_noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+                     start: int = 0, min_std: float = 0.0) -> Chain:
+        """Like `sample`, but keeps every chain state with its step means and stds (no gradients)."""
+        if self.cfg.sampler == "adaptive":
+            raise ConfigError("policy.sampler=adaptive has no fixed chain; use a grid sampler (euler) for the chain view")
         if noise is None:
             noise = self.initial_noise(cond.shape[0], generator)
-        return run_chain(self.step, cond, noise, self.cfg.steps, self.stochastic, step_noise, generator, keep_chain=True)  # type: ignore[return-value]
+        if step_noise is None:
+            step_noise = draw_step_noise(self.grid, noise, generator, start, min_std)
+        with torch.no_grad():
+            return run(self.grid, make_denoiser(self.net, self.grid, cond), noise, step_noise,  # type: ignore[return-value]
+                       keep_chain=True, start=start, min_std=min_std)
 
-    def step_log_prob(self, cond: torch.Tensor, x: torch.Tensor, x_next: torch.Tensor, k: int,
+    def step_log_prob(self, cond: torch.Tensor, x: torch.Tensor, x_next: torch.Tensor, k: Step,
                       min_std: float = 1e-3) -> torch.Tensor:
-        """log p(x_next | x) of grid step k, summed over (H, Da): (B,). std is floored at min_std.
+        """log p(x_next | x) of grid step k (int or per-row (B,)), summed over (H, Da): (B,). std floored at min_std.
 
         Old and new log-probs must both come from here, on the same grid (see DESIGN.md).
         """
@@ -135,16 +205,30 @@ class GenerativePolicy(nn.Module):
     # --- deployment ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def predict_chunk(self, obs: dict[str, torch.Tensor], noise: Optional[torch.Tensor] = None,
-                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Raw observation window -> action chunk in env units (B, H, Da), starting at the current step."""
+                      generator: Optional[torch.Generator] = None, prev: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Raw observation window -> action chunk in env units (B, H, Da), starting at the current step.
+
+        With cfg.warm_start_steps > 0 and `prev` (the previous chunk in env units, of which the first Ta actions
+        were executed), the chunk starts from the re-noised unexecuted tail and runs only the last warm_start_steps.
+        """
         cond = self.encode(obs)
-        x = self.sample(cond, noise=noise, generator=generator)
+        warm = self.cfg.warm_start_steps
+        if prev is not None and warm > 0:
+            ta = self.cfg.n_action_steps
+            tail = self.normalize_actions(prev.to(cond.device).float())[:, ta:]  # (B, H-Ta, Da)
+            shifted = torch.cat([tail, tail[:, -1:].expand(-1, ta, -1)], dim=1) if tail.shape[1] else \
+                self.normalize_actions(prev.float())[:, -1:].expand(-1, self.cfg.horizon, -1)
+            start = self.cfg.steps - warm
+            x = self.sample(cond, noise=self.renoise(shifted, start, generator), generator=generator, start=start)
+        else:
+            x = self.sample(cond, noise=noise, generator=generator)
         return self.unnormalize_actions(x.clamp(-1.0, 1.0))
 
     def reset(self) -> None:
         """Forget observation history and pending actions (call at every episode start)."""
         self._history.reset()
         self._queue.reset()
+        self._prev_chunk: Optional[torch.Tensor] = None
 
     @torch.no_grad()
     def select_action(self, obs: dict[str, Any]) -> torch.Tensor:
@@ -156,7 +240,8 @@ class GenerativePolicy(nn.Module):
             step_obs = {k: v.unsqueeze(0) for k, v in step_obs.items()}
         window = self._history.push(step_obs)
         if len(self._queue) == 0:
-            chunk = self.predict_chunk(window)  # (B, H, Da)
+            chunk = self.predict_chunk(window, prev=getattr(self, "_prev_chunk", None))  # (B, H, Da)
+            self._prev_chunk = chunk
             self._queue.extend(chunk[:, : self.cfg.n_action_steps])
         action = self._queue.pop()
         return action[0] if single else action

@@ -1,8 +1,8 @@
 """Diffusion policy: DDPM training (epsilon or sample prediction), DDPM and DDIM(eta) sampling.
 
-The sampling arithmetic follows diffusers' DDPMScheduler / DDIMScheduler ("leading" timestep spacing,
-set_alpha_to_one, fixed_small variance, x0 clipping) so that a network trained either way samples the same;
-tests/test_policies.py checks equality against diffusers to 1e-5.
+The sampling grid (samplers.diffusion_grid) follows diffusers' DDPMScheduler / DDIMScheduler ("leading" or
+"trailing" timestep spacing, set_alpha_to_one, fixed_small variance, x0 clipping) so that a network trained either way
+samples the same; tests/test_policies.py checks equality against diffusers to 1e-5.
 
 Shapes: B batch, H horizon, Da action dim, Dc conditioning dim, T train timesteps, K sampling steps.
 """
@@ -16,6 +16,7 @@ import torch
 
 from genpolicy.config import PolicyConfig
 from genpolicy.policies.base import GenerativePolicy, ShapeMeta
+from genpolicy.policies.samplers import Grid, diffusion_grid
 
 
 def make_betas(schedule: str, n: int) -> torch.Tensor:
@@ -64,45 +65,7 @@ class DiffusionPolicy(GenerativePolicy):
         return {"loss": per.mean(), "per_sample": per}
 
     # --- sampling grid -----------------------------------------------------------------------------------------
-    def _on_sampler_change(self) -> None:
+    def _make_grid(self) -> Grid:
         c = self.cfg
-        T, K = c.num_train_timesteps, c.steps
-        if c.timestep_spacing == "leading":
-            ts = (torch.arange(K) * (T // K)).flip(0)  # (K,) descending, as diffusers
-        else:  # trailing: the first step starts from pure noise at t = T-1
-            ts = torch.round(torch.arange(T, 0, -T / K, dtype=torch.float64)).long() - 1
-        prev = torch.cat([ts[1:], torch.tensor([-1])])  # step to the next grid point; -1 means "to data"
-        ac = self.alphas_cumprod.double().cpu()
-        a_t = ac[ts]
-        a_prev = torch.where(prev >= 0, ac[prev.clamp_min(0)], torch.ones(()).double())  # set_alpha_to_one
-        if c.sampler == "ddim":
-            var = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
-            std = c.eta * var.sqrt()
-            self.stochastic = c.eta > 0
-        else:  # ddpm posterior, fixed_small variance; no noise on the step to t=0
-            beta_t = 1 - a_t / a_prev
-            var = ((1 - a_prev) / (1 - a_t) * beta_t).clamp_min(1e-20)
-            std = torch.where(ts > 0, var.sqrt(), torch.zeros(()).double())
-            self.stochastic = True
-        f32 = lambda v: v.to(torch.float32)  # noqa: E731
-        self._grid = {"t": ts, "a_t": f32(a_t), "a_prev": f32(a_prev), "std": f32(std)}
-        self._grid_list = {k: v.tolist() for k, v in self._grid.items()}
-
-    def step(self, x: torch.Tensor, k: int, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        g = self._grid_list
-        t, a_t, a_prev, std = g["t"][k], g["a_t"][k], g["a_prev"][k], g["std"][k]
-        out = self.net(x, torch.full((x.shape[0],), float(t), device=x.device), cond)  # (B, H, Da)
-        sa, sb = math.sqrt(a_t), math.sqrt(1 - a_t)
-        if self.cfg.prediction == "epsilon":
-            x0, eps = (x - sb * out) / sa, out
-        else:
-            x0 = out
-            eps = (x - sa * x0) / sb
-        if self.cfg.clip_sample > 0:
-            x0 = x0.clamp(-self.cfg.clip_sample, self.cfg.clip_sample)
-        if self.cfg.sampler == "ddim":
-            mean = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - std * std, 0.0)) * eps
-        else:
-            beta_t = 1 - a_t / a_prev
-            mean = (math.sqrt(a_prev) * beta_t / (1 - a_t)) * x0 + (math.sqrt(1 - beta_t) * (1 - a_prev) / (1 - a_t)) * x
-        return mean, torch.tensor(std, dtype=x.dtype, device=x.device)
+        return diffusion_grid(self.alphas_cumprod, c.sampler, c.steps, c.timestep_spacing, c.eta, c.prediction,
+                              c.clip_sample)

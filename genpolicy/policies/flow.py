@@ -15,8 +15,8 @@ import torch
 
 from genpolicy.config import PolicyConfig
 from genpolicy.policies.base import GenerativePolicy, ShapeMeta
+from genpolicy.policies.samplers import TIME_SCALE, Grid, flow_grid
 
-TIME_SCALE = 1000.0  # network sees t*1000, the range its sinusoidal embedding was designed for
 
 
 class FlowPolicy(GenerativePolicy):
@@ -94,16 +94,7 @@ class FlowPolicy(GenerativePolicy):
         return out
 
     # --- sampling grid -----------------------------------------------------------------------------------------
-    def _on_sampler_change(self) -> None:
-        K = self.cfg.steps
-        self.stochastic = False
-        self._dt = 1.0 / K
-        self._times = [k / K for k in range(K)]
-        self._d = self._dt if self.cfg.sampler == "shortcut" else 0.0
-
-    def step(self, x: torch.Tensor, k: int, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b = x.shape[0]
-        t = torch.full((b,), self._times[k], device=x.device)
-        d = torch.full((b,), self._d, device=x.device) if self.cfg.shortcut else None
-        mean = x + self._dt * self.velocity(x, t, cond, d)  # Euler step (B, H, Da)
-        return mean, torch.zeros((), dtype=x.dtype, device=x.device)
+    def _make_grid(self) -> Grid:
+        # the adaptive sampler has no fixed grid; its Euler grid of the same K serves the chain view and warm starts
+        method = "euler" if self.cfg.sampler == "adaptive" else self.cfg.sampler
+        return flow_grid(method, self.cfg.steps, step_size_input=self.cfg.shortcut)

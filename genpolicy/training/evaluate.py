@@ -37,6 +37,9 @@ def evaluate(policy: GenerativePolicy, task: str, n_episodes: int = 50, n_envs: 
     slot_ep: list[Optional[int]] = [None] * n_envs
     slot_obs: list[Optional[dict[str, np.ndarray]]] = [None] * n_envs
     slot_stats: list[dict[str, Any]] = [{} for _ in range(n_envs)]
+    slot_prev: list[Optional[torch.Tensor]] = [None] * n_envs  # last chunk, for warm-started sampling
+    infer_s: list[float] = []  # seconds per predict_chunk call
+    nfe: list[float] = []  # adaptive sampler: network evaluations per chunk
     next_ep = 0
     t0 = time.time()
     bar = progress_bar(n_episodes, f"eval {task}", "ep", progress)
@@ -51,16 +54,32 @@ def evaluate(policy: GenerativePolicy, task: str, n_episodes: int = 50, n_envs: 
         slot_ep[i] = ep
         slot_obs[i] = envs[i].reset(seed=seed + ep, record=ep < n_videos)
         slot_stats[i] = {"return": 0.0, "length": 0, "success": False}
+        slot_prev[i] = None
 
     for i in range(n_envs):
         start(i)
     while any(e is not None for e in slot_ep):
         active = [i for i in range(n_envs) if slot_ep[i] is not None]
-        batch = {k: torch.as_tensor(np.stack([slot_obs[i][k] for i in active]), device=device)  # type: ignore[index]
-                 for k in slot_obs[active[0]]}  # type: ignore[union-attr]
-        chunks = policy.predict_chunk(batch, generator=gen).cpu().numpy()  # (B, H, Da)
-        for j, i in enumerate(active):
-            res = envs[i].step(chunks[j])
+        chunks: dict[int, torch.Tensor] = {}
+        # episodes that just started sample cold; the others may warm-start from their previous chunk
+        groups = [[i for i in active if slot_prev[i] is None], [i for i in active if slot_prev[i] is not None]] \
+            if policy.cfg.warm_start_steps > 0 else [active]
+        for group in groups:
+            if not group:
+                continue
+            batch = {k: torch.as_tensor(np.stack([slot_obs[i][k] for i in group]), device=device)  # type: ignore[index]
+                     for k in slot_obs[group[0]]}  # type: ignore[union-attr]
+            warm = policy.cfg.warm_start_steps > 0 and slot_prev[group[0]] is not None
+            prev = torch.stack([slot_prev[i] for i in group]) if warm else None  # type: ignore[misc]
+            t_call = time.perf_counter()
+            out = policy.predict_chunk(batch, generator=gen, prev=prev).cpu()  # (B, H, Da)
+            infer_s.append(time.perf_counter() - t_call)
+            if policy.last_nfe is not None:
+                nfe.extend(policy.last_nfe.float().tolist())
+            chunks.update({i: out[j] for j, i in enumerate(group)})
+        for i in active:
+            slot_prev[i] = chunks[i]
+            res = envs[i].step(chunks[i].numpy())
             st = slot_stats[i]
             st["return"] += res.reward
             st["length"] += res.n_steps
@@ -94,6 +113,9 @@ def evaluate(policy: GenerativePolicy, task: str, n_episodes: int = 50, n_envs: 
         "seed": seed,
         "sampler": policy.cfg.sampler,
         "steps": policy.cfg.steps,
+        "warm_start_steps": policy.cfg.warm_start_steps,
+        "infer_ms_per_call": round(1000 * float(np.mean(infer_s)), 3) if infer_s else None,
+        "nfe_per_chunk": round(float(np.mean(nfe)), 3) if nfe else None,
         "eval_seconds": round(time.time() - t0, 2),
         "videos": [e["video"] for e in episodes if "video" in e],
         "episodes": episodes,

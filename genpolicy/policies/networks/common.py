@@ -40,3 +40,21 @@ class TimeEmbedding(nn.Module):
                 d = torch.zeros_like(t)
             emb = emb + self.step_mlp(self.sin(d))
         return emb
+
+
+def split_linear(layer: nn.Linear, sizes: list[int]) -> list[torch.Tensor]:
+    """Column blocks of a Linear's weight, so W @ cat(a, b) + bias = W_a @ a + W_b @ b + bias."""
+    return list(torch.split(layer.weight, sizes, dim=1))
+
+
+def pick(table: torch.Tensor, e: "int | torch.Tensor") -> torch.Tensor:
+    """Row e of a precomputed (E, B, ...) table: (B, ...). e is one index, or (B,) per-row indices."""
+    if isinstance(e, int):
+        return table[e]
+    return table[e, torch.arange(table.shape[1], device=table.device)]
+
+
+def cond_table(layer: nn.Linear, temb: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """layer(cat(temb_e, cond_b)) for every evaluation e and row b: (E, B, out), computed in two small matmuls."""
+    w_t, w_c = split_linear(layer, [temb.shape[1], cond.shape[1]])
+    return (temb @ w_t.t()).unsqueeze(1) + torch.addmm(layer.bias, cond, w_c.t()).unsqueeze(0)

@@ -5,10 +5,12 @@ Shapes: B batch, H horizon, Da action dim, Dc conditioning dim, W width.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from genpolicy.policies.networks.common import TimeEmbedding
+from genpolicy.policies.networks.common import TimeEmbedding, cond_table, pick
 
 
 class _FiLMBlock(nn.Module):
@@ -22,7 +24,10 @@ class _FiLMBlock(nn.Module):
 
     def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         scale, shift = self.film(c).chunk(2, dim=-1)  # (B, W) each
-        y = self.norm(h) * (1 + scale) + shift
+        return self.modulate(h, 1 + scale, shift)
+
+    def modulate(self, h: torch.Tensor, scale1: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        y = torch.addcmul(shift, self.norm(h), scale1)  # norm(h) * (1 + scale) + shift
         return h + self.fc2(self.act(self.fc1(self.act(y))))
 
 
@@ -45,4 +50,25 @@ class ResidualMLP(nn.Module):
         h = self.inp(torch.cat([x.flatten(1), c], dim=-1))  # (B, W)
         for block in self.blocks:
             h = block(h, c)
+        return self.out(self.out_norm(h)).view(-1, self.horizon, self.action_dim)  # (B, H, Da)
+
+    # --- the sampler's fast path: conditioning computed once per call, only the x path per step ---------------
+    def condition(self, t: torch.Tensor, d: torch.Tensor | None, cond: torch.Tensor) -> dict[str, Any]:
+        """Everything that does not depend on x, for E grid evaluations t (E,), d (E,)|None and cond (B,Dc)."""
+        temb = self.time(t, d)  # (E, Dt)
+        hx = self.horizon * self.action_dim
+        w_x, w_tc = torch.split(self.inp.weight, [hx, self.inp.weight.shape[1] - hx], dim=1)
+        w_t, w_c = torch.split(w_tc, [temb.shape[1], cond.shape[1]], dim=1)
+        inp = (temb @ w_t.t()).unsqueeze(1) + torch.addmm(self.inp.bias, cond, w_c.t()).unsqueeze(0)  # (E, B, W)
+        film = []
+        for block in self.blocks:
+            scale, shift = cond_table(block.film, temb, cond).chunk(2, dim=-1)  # (E, B, W) each
+            film.append(((1 + scale).contiguous(), shift.contiguous()))
+        return {"inp": inp, "w_x": w_x.t(), "film": film}
+
+    def denoise(self, x: torch.Tensor, e: int | torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
+        """Same output as forward(x, t[e], cond, d[e]) from the tables of `condition`."""
+        h = torch.addmm(pick(ctx["inp"], e), x.flatten(1), ctx["w_x"])  # (B, W)
+        for block, (scale1, shift) in zip(self.blocks, ctx["film"]):
+            h = block.modulate(h, pick(scale1, e), pick(shift, e))
         return self.out(self.out_norm(h)).view(-1, self.horizon, self.action_dim)  # (B, H, Da)

@@ -5,10 +5,12 @@ Shapes: B batch, H horizon, Da action dim, C channels. The network convolves ove
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 from torch import nn
 
-from genpolicy.policies.networks.common import TimeEmbedding
+from genpolicy.policies.networks.common import TimeEmbedding, cond_table, pick
 
 
 class _ConvBlock(nn.Sequential):
@@ -23,12 +25,22 @@ class _CondResBlock(nn.Module):
         self.block2 = _ConvBlock(c_out, c_out, kernel, groups)
         self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * c_out))
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.index = 0
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        h = self.block1(x)  # (B, C, H)
         scale, bias = self.film(c).unsqueeze(-1).chunk(2, dim=1)  # (B, C, 1) each
-        h = self.block2(scale * h + bias)
+        return self.modulate(x, scale, bias)
+
+    def modulate(self, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        h = self.block1(x)  # (B, C, H)
+        h = self.block2(torch.addcmul(bias, scale, h))  # scale * h + bias
         return h + self.skip(x)
+
+    def film_table(self, temb: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, bias) for every evaluation and row, (E, B, C, 1) each; Mish acts elementwise, so it splits."""
+        act = self.film[0]
+        scale, bias = cond_table(self.film[1], act(temb), act(cond)).unsqueeze(-1).chunk(2, dim=2)
+        return scale.contiguous(), bias.contiguous()
 
 
 class ConditionalUnet1D(nn.Module):
@@ -60,18 +72,36 @@ class ConditionalUnet1D(nn.Module):
             ]))
         self.final = nn.Sequential(_ConvBlock(down_dims[0], down_dims[0], kernel_size, n_groups),
                                    nn.Conv1d(down_dims[0], action_dim, 1))
+        for i, m in enumerate(m for m in self.modules() if isinstance(m, _CondResBlock)):
+            m.index = i  # position of its FiLM table in `condition`
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
         c = torch.cat([self.time(t, d), cond], dim=-1)  # (B, Dt+Dc)
+        return self._run(x, lambda block, h: block(h, c))
+
+    def _run(self, x: torch.Tensor, res: Callable[[_CondResBlock, torch.Tensor], torch.Tensor]) -> torch.Tensor:
         h = x.transpose(1, 2)  # (B, Da, H)
         skips = []
         for res1, res2, downsample in self.down:
-            h = res2(res1(h, c), c)
+            h = res(res2, res(res1, h))
             skips.append(h)
             h = downsample(h)
         for block in self.mid:
-            h = block(h, c)
+            h = res(block, h)
         for res1, res2, upsample in self.up:
             h = torch.cat([h, skips.pop()], dim=1)
-            h = upsample(res2(res1(h, c), c))
+            h = upsample(res(res2, res(res1, h)))
         return self.final(h).transpose(1, 2)  # (B, H, Da)
+
+    # --- the sampler's fast path: FiLM tables computed once per call -------------------------------------------
+    def condition(self, t: torch.Tensor, d: torch.Tensor | None, cond: torch.Tensor) -> dict[str, Any]:
+        """FiLM (scale, bias) of every block for E grid evaluations t (E,), d (E,)|None and cond (B,Dc)."""
+        temb = self.time(t, d)  # (E, Dt)
+        return {"film": [m.film_table(temb, cond) for m in self.modules() if isinstance(m, _CondResBlock)]}
+
+    def denoise(self, x: torch.Tensor, e: int | torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
+        """Same output as forward(x, t[e], cond, d[e]) from the tables of `condition`."""
+        def res(block: _CondResBlock, h: torch.Tensor) -> torch.Tensor:
+            scale, bias = ctx["film"][block.index]
+            return block.modulate(h, pick(scale, e), pick(bias, e))
+        return self._run(x, res)
