@@ -59,8 +59,10 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     js = OUT / "sampler_quality.json"
     data = json.loads(js.read_text()) if js.exists() else {"rows": []}
-    data["meta"] = {"command": "python " + " ".join(sys.argv), "versions": versions(), "episodes": args.episodes,
-                    "machine": f"{os.uname().machine}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"}
+    if not args.report:
+        data["meta"] = {"command": ".venv/bin/python " + " ".join(sys.argv), "versions": versions(),
+                        "episodes": args.episodes,
+                        "machine": f"{os.uname().machine}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"}
     done = {(r["task"], r["setting"], r["seed"]) for r in data["rows"]}
     for task in ([] if args.report else args.tasks):
         for name in args.settings:
@@ -104,7 +106,9 @@ def write_markdown(data: dict, path: Path) -> None:
              + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()), "",
              "Checkpoints: the seed-0 BC policies of `bc_metaworld.md` (50 demos, 2000 steps). Each cell: success on "
              f"{meta['episodes']} held-out episodes / network evaluations per chunk (warm starts: per re-planned "
-             "chunk; an episode's first chunk is cold) / ms per batched inference call (10 envs).", "",
+             "chunk; an episode's first chunk is cold) / ms per batched inference call (10 envs). The ms column was "
+             "measured while another single-threaded benchmark shared the 2 cores: compare within a row only; "
+             "`sampler.md` has the clean speed measurements.", "",
              "| task | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
     for t in tasks:
         cells = []
@@ -119,7 +123,11 @@ def write_markdown(data: dict, path: Path) -> None:
                      f"{sum(r['nfe_per_chunk'] for r in rs) / len(rs):.1f} / "
                      f"{sum(r['infer_ms_per_call'] for r in rs) / len(rs):.1f}**")
     lines.append("| **mean** | " + " | ".join(means) + " |")
-    lines.append("")
+    lines += ["", "Reading: every flow sampler holds success at 3-4 evaluations per chunk here, so the adaptive sampler's "
+              "saving (about 6 evaluations at tol 0.2, 4 at tol 0.4, against Euler 10) is real but no better than a "
+              "fixed Euler 3 on these tasks; its per-row bookkeeping also costs wall-clock. Warm-starting diffusion "
+              "(re-noise the unexecuted tail, run the last 3 of 10 DDIM steps) raised mean success from 0.78 to 0.87 "
+              "at 30% of the evaluations: chunks stay consistent with the plan already under way.", ""]
     path.write_text("\n".join(lines))
 
 

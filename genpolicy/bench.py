@@ -6,7 +6,8 @@ All rows are timed in one process, one run, on the same weights and noise:
   (c) usual_loop_ms the network driven by a diffusers scheduler's step(), as Diffusion Policy and LeRobot do
   (d) floor_ms      K bare network forwards (t and cond tensors prebuilt), no sampler arithmetic
   max_abs_diff      largest |a - c| over the chunk, from the same initial noise
-Times are medians of repeated calls after warm-up. Compile/capture time is reported separately (build_s).
+Times are medians of repeated calls after warm-up, the columns of a row timed in interleaved rounds so that machine
+noise falls on all of them alike. Compile/capture time is reported separately (build_s).
 """
 
 from __future__ import annotations
@@ -77,15 +78,25 @@ def _policy_cfg(net: str, method: str, tiny: bool) -> PolicyConfig:
 
 def _timeit(fn: Callable[[], Any], cfg: BenchSamplerConfig) -> float:
     """Median milliseconds per call after two warm-up calls."""
-    fn()
-    fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < cfg.min_reps or (time.perf_counter() - start < cfg.budget_s and len(times) < cfg.max_reps):
-        t = time.perf_counter()
+    return _time_interleaved({"x": fn}, cfg)["x"]
+
+
+def _time_interleaved(fns: dict[str, Callable[[], Any]], cfg: BenchSamplerConfig) -> dict[str, float]:
+    """Median ms per call of each function, timed in interleaved rounds (a, c, d, a, c, d, ...) so that machine
+    noise (this VM's timings drift by tens of percent) falls on every column alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < cfg.min_reps or (time.perf_counter() - start < cfg.budget_s * len(fns) and rounds < cfg.max_reps):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+        rounds += 1
+    return {k: 1000 * statistics.median(v) for k, v in times.items()}
 
 
 def usual_loop(policy: GenerativePolicy, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -164,20 +175,19 @@ def bench_sampler(cfg: BenchSamplerConfig, command: str = "genpolicy bench sampl
         noise = policy.initial_noise(batch, gen)
         sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 
-        def timed(fn: Callable[[], Any]) -> float:
-            return _timeit(lambda: (fn(), sync()), cfg)
-
         with torch.no_grad():
             policy.set_sampler(backend="eager")
             a = policy.sample(cond, noise=noise)
             c = usual_loop(policy, cond, noise)
+            fl = floor(policy, cond, noise)
+            fns: dict[str, Callable[[], Any]] = {
+                "eager_ms": lambda: (policy.sample(cond, noise=noise), sync()),
+                "usual_loop_ms": lambda: (usual_loop(policy, cond, noise), sync()),
+                "floor_ms": lambda: (fl(), sync()),
+            }
             row: dict[str, Any] = {
                 "device": dev, "net": net, "batch": batch, "method": method,
-                "params": sum(p.numel() for p in policy.net.parameters()),
-                "eager_ms": timed(lambda: policy.sample(cond, noise=noise)),
-                "usual_loop_ms": timed(lambda: usual_loop(policy, cond, noise)),
-                "floor_ms": timed(floor(policy, cond, noise)),
-                "max_abs_diff": float((a - c).abs().max()),
+                "params": sum(p.numel() for p in policy.net.parameters()), "max_abs_diff": float((a - c).abs().max()),
                 "compiled_ms": None, "compiled_kind": None, "build_s": None, "compiled_max_abs_diff": None,
             }
             if cfg.compiled:
@@ -188,7 +198,8 @@ def bench_sampler(cfg: BenchSamplerConfig, command: str = "genpolicy bench sampl
                 row["build_s"] = round(time.perf_counter() - t0, 2)
                 row["compiled_kind"] = kind
                 row["compiled_max_abs_diff"] = float((out - a).abs().max())
-                row["compiled_ms"] = timed(lambda: runner(cond, noise, None))
+                fns["compiled_ms"] = lambda: (runner(cond, noise, None), sync())
+            row.update(_time_interleaved(fns, cfg))
         for k in ("eager_ms", "usual_loop_ms", "floor_ms", "compiled_ms"):
             if row[k] is not None:
                 row[k] = round(row[k], 4)

@@ -7,6 +7,7 @@
     genpolicy train task=metaworld/door-open-v3 policy=flow policy.steps=4
     genpolicy eval ckpt=runs/<run>/checkpoints/best [policy sampler/steps overrides: sampler=shortcut steps=1]
     genpolicy envs list
+    genpolicy finetune algo=reinflow ckpt=runs/<bc run>/checkpoints/best task=toy/bimodal-right preset=toy
     genpolicy bench sampler [nets=[mlp] batches=[1] compiled=false out=benchmarks/results]
 """
 
@@ -29,7 +30,7 @@ def _register() -> None:
         return
     from hydra.core.config_store import ConfigStore
 
-    from genpolicy.config import DataCommandConfig, EvalCommandConfig, TaskConfig, TrainConfig
+    from genpolicy.config import DataCommandConfig, EvalCommandConfig, FinetuneConfig, TaskConfig, TrainConfig
     from genpolicy.envs.registry import list_tasks
 
     cs = ConfigStore.instance()
@@ -37,6 +38,7 @@ def _register() -> None:
     cs.store(name="demo_schema", node=TrainConfig)  # the demo is a training run that also makes its data
     cs.store(name="eval_schema", node=EvalCommandConfig)
     cs.store(name="data_schema", node=DataCommandConfig)
+    cs.store(name="finetune_schema", node=FinetuneConfig)
     from genpolicy.bench import BenchSamplerConfig
 
     cs.store(name="bench_sampler_schema", node=BenchSamplerConfig)
@@ -61,7 +63,7 @@ def compose(config_name: str, overrides: list[str], schema: type) -> Any:
         try:
             cfg = hydra_compose(config_name=config_name, overrides=overrides)
         except MissingConfigException as e:
-            bad = next((o for o in overrides if o.split("=", 1)[0] in ("task", "policy")), None)
+            bad = next((o for o in overrides if o.split("=", 1)[0] in ("task", "policy", "preset")), None)
             if bad is None:
                 raise
             group, value = bad.split("=", 1)
@@ -185,6 +187,21 @@ def cmd_demo(args: list[str]) -> int:
     return 0
 
 
+def cmd_finetune(args: list[str]) -> int:
+    from genpolicy.config import FinetuneConfig
+    from genpolicy.finetune.ppo import finetune
+
+    _, overrides = _split_args(args)
+    cfg = compose("finetune", overrides, FinetuneConfig)
+    res = finetune(cfg)
+    print(f"run: {res['run_dir']}")
+    print(f"{res['task']} {res['algo']}: success {res['start_success']:.2f} -> {res['final_success']:.2f}, return "
+          f"{res['start_return']:.2f} -> {res['final_return']:.2f} in {res['env_steps']} env steps "
+          f"({res['wallclock_s']:.0f} s); env steps to 90%: {res['env_steps_to_90']}")
+    print(f"final checkpoint: {res['final_checkpoint']} (evaluates with the sampler it was fine-tuned with)")
+    return 0
+
+
 def cmd_bench(args: list[str]) -> int:
     from genpolicy.bench import BenchSamplerConfig, bench_sampler
 
@@ -203,7 +220,7 @@ def cmd_bench(args: list[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "envs": cmd_envs, "demo": cmd_demo,
-            "bench": cmd_bench}
+            "finetune": cmd_finetune, "bench": cmd_bench}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

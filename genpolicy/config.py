@@ -41,9 +41,12 @@ class PolicyConfig:
     # sampling (both families)
     sampler: str = "ddim"  # diffusion: ddim | ddpm; flow: euler | heun | midpoint | shortcut | adaptive
     steps: int = 10  # K grid steps per chunk (heun/midpoint: 2 network calls each; adaptive: the most it may take)
-    adaptive_tol: float = 0.02  # adaptive flow sampler: accepted local error per step (normalised action units)
+    adaptive_tol: float = 0.2  # adaptive flow sampler: accepted local error per step (normalised action units)
     warm_start_steps: int = 0  # deployment: >0 starts each next chunk from the re-noised previous tail, this many steps
     backend: str = "auto"  # auto (CUDA graph on a GPU, eager on a CPU) | eager | compiled | cuda_graph
+    # set by RL fine-tuning, saved with the checkpoint so evaluation samples exactly what was fine-tuned
+    ft_steps: int = 0  # DPPO: the last ft_steps grid steps use the fine-tuned copy `net_ft`; the rest the frozen net
+    init_noise_scale: float = 1.0  # deployment/eval initial noise scale (0 = FPO++'s zero-noise evaluation)
     # diffusion
     num_train_timesteps: int = 100
     beta_schedule: str = "squaredcos_cap_v2"  # squaredcos_cap_v2 | linear
@@ -76,6 +79,8 @@ class PolicyConfig:
         _check(0 <= self.warm_start_steps < self.steps or self.warm_start_steps == 0,
                f"policy.warm_start_steps ({self.warm_start_steps}) must be in [0, policy.steps={self.steps})")
         _check(self.adaptive_tol > 0, f"policy.adaptive_tol must be > 0, got {self.adaptive_tol}")
+        _check(0 <= self.ft_steps <= self.steps, f"policy.ft_steps ({self.ft_steps}) must be in [0, policy.steps={self.steps}]")
+        _check(self.init_noise_scale >= 0, f"policy.init_noise_scale must be >= 0, got {self.init_noise_scale}")
         _check(not (self.warm_start_steps and self.sampler == "adaptive"),
                "policy.warm_start_steps needs a fixed grid; it does not combine with policy.sampler=adaptive")
         if self.type == "diffusion":
@@ -189,6 +194,117 @@ class TrainConfig:
     train: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+
+ONPOLICY_ALGOS = ("dppo", "fpo", "reinflow")
+
+
+@dataclass
+class PPOConfig:
+    """The shared on-policy core. One transition = one executed chunk; gamma applies per chunk."""
+
+    n_envs: int = 16
+    n_steps: int = 32  # chunk steps per env per iteration
+    iterations: int = 100
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    epochs: int = 5
+    minibatch_size: int = 256
+    actor_lr: float = 1e-4
+    actor_lr_min: float = 1e-5  # cosine floor
+    critic_lr: float = 1e-3
+    warmup_iters: int = 0  # linear lr warm-up
+    clip_eps: float = 0.01  # PPO clip (DPPO: the clip of the final denoising step)
+    target_kl: float = 1.0  # stop actor epochs when approx KL exceeds this; 0 disables
+    max_grad_norm: float = 1.0
+    critic_warmup_iters: int = 0  # iterations that update only the critic
+    norm_adv: bool = True  # per-minibatch advantage normalisation
+    reward_scale: bool = True  # running return-std reward scaler
+    reward: str = "env"  # env: the task's own reward | success: 1 for the chunk that succeeds (episodes end on success)
+    reward_offset: float = 0.0  # added to every chunk reward before scaling
+    critic_width: int = 256
+    critic_depth: int = 3
+
+    def __post_init__(self) -> None:
+        for k in ("n_envs", "n_steps", "iterations", "epochs", "minibatch_size"):
+            _check(getattr(self, k) >= 1, f"ppo.{k} must be >= 1, got {getattr(self, k)}")
+        _check(0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1, "ppo.gamma must be in (0, 1] and ppo.gae_lambda in [0, 1]")
+        _check(self.clip_eps > 0, f"ppo.clip_eps must be > 0, got {self.clip_eps}")
+        _check(self.reward in ("env", "success"), f"ppo.reward must be env|success, got '{self.reward}'")
+
+
+@dataclass
+class DPPOConfig:
+    sampler: str = ""  # fine-tuning grid: ddim | ddpm; empty keeps the checkpoint's
+    steps: int = 0  # 0 keeps the checkpoint's
+    ft_steps: int = 5  # K': the last K' grid steps are fine-tuned (a copy of the network); K' = 1 works
+    eta: float = 1.0  # DDIM eta while fine-tuning (eta = 1 keeps every step stochastic)
+    eval_eta: float = 0.0  # DDIM eta of the saved checkpoint (evaluation)
+    min_sampling_std: float = 0.1
+    min_logprob_std: float = 0.1
+    randn_clip: float = 3.0
+    logprob_min: float = -5.0  # per-element clamp
+    logprob_max: float = 2.0
+    denoise_gamma: float = 0.99  # advantage discount over denoising steps (final step weight 1)
+    clip_eps_base: float = 0.001  # clip of the noisiest fine-tuned step; ppo.clip_eps is the final step's
+    clip_rate: float = 3.0
+    bc_coef: float = 0.0  # optional BC regulariser: likelihood of frozen-policy chains
+
+    def __post_init__(self) -> None:
+        _check(self.sampler in ("", "ddim", "ddpm"), f"dppo.sampler must be ddim|ddpm, got '{self.sampler}'")
+        _check(self.ft_steps >= 1, f"dppo.ft_steps must be >= 1, got {self.ft_steps}")
+        _check(self.min_sampling_std > 0 and self.min_logprob_std > 0, "dppo.min_sampling_std and min_logprob_std must be > 0")
+
+
+@dataclass
+class FPOConfig:
+    variant: str = "fpo++"  # fpo (ratio of averaged losses, PPO clip) | fpo++ (per-sample ratios, asymmetric trust region)
+    n_mc: int = 8  # (eps, t) pairs per action, drawn and stored at rollout time
+    loss_clamp: float = 20.0  # CFM losses are clamped at this
+    log_ratio_clamp: float = 3.0
+    action_noise: float = 0.0  # additive Gaussian exploration on the sampled chunk (normalised units)
+    zero_noise_eval: bool = True  # the saved checkpoint samples from x0 = 0 (FPO++)
+
+    def __post_init__(self) -> None:
+        _check(self.variant in ("fpo", "fpo++"), f"fpo.variant must be fpo|fpo++, got '{self.variant}'")
+        _check(self.n_mc >= 1, f"fpo.n_mc must be >= 1, got {self.n_mc}")
+
+
+@dataclass
+class ReinFlowConfig:
+    sampler: str = "euler"  # euler (rectified flow) | shortcut
+    steps: int = 4  # K noisy Euler steps, 1 to 4 (0 keeps the checkpoint's)
+    sigma_min: float = 0.05
+    sigma_max: float = 0.2
+    noise_hidden: list[int] = field(default_factory=lambda: [128, 128])
+    time_dependent: bool = True  # sigma depends on the step as well as the observation
+    entropy_coef: float = 0.01
+    randn_clip: float = 3.0
+    bc_w2_coef: float = 0.0  # optional: MSE to the frozen BC policy's actions from the same noise
+
+    def __post_init__(self) -> None:
+        _check(self.sampler in ("euler", "shortcut"), f"reinflow.sampler must be euler|shortcut, got '{self.sampler}'")
+        _check(0 < self.sigma_min < self.sigma_max, f"reinflow needs 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        _check(0 <= self.steps <= 64, f"reinflow.steps must be in [0, 64], got {self.steps}")
+
+
+@dataclass
+class FinetuneConfig:
+    """`genpolicy finetune algo=dppo|fpo|reinflow ckpt=<BC checkpoint> task=...`."""
+
+    algo: str = "reinflow"
+    ckpt: str = ""
+    use_ema: bool = True
+    task: TaskConfig = field(default_factory=TaskConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    dppo: DPPOConfig = field(default_factory=DPPOConfig)
+    fpo: FPOConfig = field(default_factory=FPOConfig)
+    reinflow: ReinFlowConfig = field(default_factory=ReinFlowConfig)
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(n_episodes=20, n_videos=1, every=10))
+    run: RunConfig = field(default_factory=lambda: RunConfig(log_every=1, ckpt_every=10))
+
+    def __post_init__(self) -> None:
+        _check(self.algo in ONPOLICY_ALGOS, f"algo must be one of {ONPOLICY_ALGOS}, got '{self.algo}'")
 
 
 @dataclass

@@ -27,7 +27,7 @@ def _setup_rendering() -> None:
 
 def list_tasks() -> list[str]:
     """Every task name the registry knows."""
-    return (["toy/bimodal"] + [f"metaworld/{t}" for t in METAWORLD_TASKS]
+    return (["toy/bimodal", "toy/bimodal-right"] + [f"metaworld/{t}" for t in METAWORLD_TASKS]
             + [f"robosuite/{t}" for t in ROBOSUITE_TASKS])
 
 
@@ -44,9 +44,10 @@ def make_env(name: str, seed: int = 0, images: bool = False, max_episode_steps: 
     if suite == "toy":
         from genpolicy.envs.toy import ToyEnv
 
-        if task != "bimodal":
-            raise ConfigError(f"unknown toy task '{name}'; known: toy/bimodal")
-        return ToyEnv(seed=seed, images=images, max_episode_steps=max_episode_steps, **kw)
+        if task not in ("bimodal", "bimodal-right"):
+            raise ConfigError(f"unknown toy task '{name}'; known: toy/bimodal, toy/bimodal-right")
+        return ToyEnv(seed=seed, images=images, max_episode_steps=max_episode_steps, rewarded_side=task == "bimodal-right",
+                      **kw)
     if suite == "metaworld":
         _setup_rendering()
         from genpolicy.envs.metaworld import MetaWorldEnv

@@ -3,6 +3,9 @@
 The agent starts below a round obstacle and must reach a goal above it. The expert goes around the left or the
 right side with equal probability, so a good generative policy reproduces both ways while a mean-squared-error
 regressor averages them and drives into the obstacle.
+
+`toy/bimodal-right` is the RL variant: only the right-hand way counts. Reaching the goal after passing left of the
+obstacle ends the episode without reward, so a BC policy trained on the bimodal demonstrations starts at about 50%.
 """
 
 from __future__ import annotations
@@ -24,16 +27,19 @@ class ToyEnv:
     """State: agent position (2,). Action: velocity in [-1, 1]^2. Success: within GOAL_TOL of the goal."""
 
     def __init__(self, seed: int = 0, images: bool = False, image_size: int = 64, max_episode_steps: int = 0,
-                 render_size: int = 128) -> None:
+                 render_size: int = 128, rewarded_side: bool = False) -> None:
+        self.rewarded_side = rewarded_side
         self.spec = EnvSpec(
-            name="toy/bimodal", state_dim=2, action_dim=2, action_low=-np.ones(2, np.float32),
+            name="toy/bimodal-right" if rewarded_side else "toy/bimodal", state_dim=2, action_dim=2, action_low=-np.ones(2, np.float32),
             action_high=np.ones(2, np.float32), max_episode_steps=max_episode_steps or 80, fps=10.0,
-            success_definition=f"agent within {GOAL_TOL} of the goal at any step",
+            success_definition=(f"agent within {GOAL_TOL} of the goal having passed right of the obstacle" if rewarded_side
+                                else f"agent within {GOAL_TOL} of the goal at any step"),
             cameras=("top",) if images else ())
         self.images, self.image_size, self.render_size = images, image_size, render_size
         self.rng = np.random.default_rng(seed)
         self.pos = START.copy()
         self.t = 0
+        self.went_right = False
 
     def _obs(self) -> dict[str, np.ndarray]:
         obs = {"state": self.pos.astype(np.float32)}
@@ -48,6 +54,7 @@ class ToyEnv:
         # multimodal policy can reproduce the demonstrations (a regressor cannot split them by start position).
         self.pos = START.copy()
         self.t = 0
+        self.went_right = False
         return self._obs()
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
@@ -57,9 +64,12 @@ class ToyEnv:
         if r < OBSTACLE_R:  # solid obstacle: pushed back onto its rim
             self.pos = self.pos / max(r, 1e-9) * OBSTACLE_R
         self.t += 1
-        success = bool(np.linalg.norm(self.pos - GOAL) < GOAL_TOL)
-        truncated = self.t >= self.spec.max_episode_steps and not success
-        return self._obs(), float(success), success, truncated, {"success": success}
+        if abs(self.pos[1]) < 0.2:  # beside the obstacle: which way round is it going?
+            self.went_right = bool(self.pos[0] > 0)
+        reached = bool(np.linalg.norm(self.pos - GOAL) < GOAL_TOL)
+        success = reached and (self.went_right or not self.rewarded_side)
+        truncated = self.t >= self.spec.max_episode_steps and not reached
+        return self._obs(), float(success), reached, truncated, {"success": success}
 
     def _draw(self, size: int) -> np.ndarray:
         """Top-down picture (size, size, 3) uint8 of the 3x3 world centred on the origin."""

@@ -26,14 +26,14 @@ from typing import Any, Callable, Optional
 import torch
 import torch._dynamo
 
-from genpolicy.policies.samplers import CachedDenoiser, Grid, next_pow2, run
+from genpolicy.policies.samplers import Grid, next_pow2, run
 
 KINDS = ("compiled", "cuda_graph", "static")
 
 
-def _loop(net: torch.nn.Module, grid: Grid, cond: torch.Tensor, noise: torch.Tensor,
+def _loop(policy: Any, grid: Grid, cond: torch.Tensor, noise: torch.Tensor,
           step_noise: Optional[torch.Tensor]) -> torch.Tensor:
-    return run(grid, CachedDenoiser(net, grid, cond), noise, step_noise)  # type: ignore[return-value]
+    return run(grid, policy.make_denoiser(cond), noise, step_noise)  # type: ignore[return-value]
 
 
 @dataclass
@@ -92,13 +92,13 @@ class BucketedSampler:
         with torch.inference_mode():
             built = _Built(fn=lambda: torch.empty(0), cond=padded(cond), noise=padded(noise),
                            step_noise=padded(step_noise, 1) if step_noise is not None else None)
-        net, grid = self.policy.net, self.policy.grid
+        policy, grid = self.policy, self.policy.grid
         for name in ("eval_t", "eval_d"):  # materialise the grid tables outside any trace or capture
             if name == "eval_t" or grid.eval_d is not None:
                 grid.tensor(name, cond.device)
 
         def body() -> torch.Tensor:
-            return _loop(net, grid, built.cond, built.noise, built.step_noise)
+            return _loop(policy, grid, built.cond, built.noise, built.step_noise)
 
         if self.kind == "static":
             def fn_static() -> torch.Tensor:
@@ -112,7 +112,7 @@ class BucketedSampler:
             # one compiled variant per key; the default limit (8) would silently fall back to eager
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
             compiled = torch.compile(_loop, dynamic=False)
-            built.fn = lambda: compiled(net, grid, built.cond, built.noise, built.step_noise)
+            built.fn = lambda: compiled(policy, grid, built.cond, built.noise, built.step_noise)
         else:
             built.fn = self._capture(body, built)
         return built

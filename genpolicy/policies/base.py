@@ -21,8 +21,8 @@ from genpolicy.policies.networks.mlp import ResidualMLP
 from genpolicy.policies.networks.unet1d import ConditionalUnet1D
 from genpolicy.policies.normalizer import Normalizer
 from genpolicy.errors import ConfigError
-from genpolicy.policies.samplers import (TIME_SCALE, Chain, Grid, NetDenoiser, Step, draw_step_noise, gaussian_log_prob,
-                                         grid_step, make_denoiser, run, run_adaptive)
+from genpolicy.policies.samplers import (TIME_SCALE, Chain, Denoiser, Grid, SplitDenoiser, Step, draw_step_noise,
+                                         gaussian_log_prob, grid_step, make_denoiser, run, run_adaptive)
 
 
 @dataclass
@@ -49,6 +49,12 @@ class GenerativePolicy(nn.Module):
         self.obs_encoder = ObsEncoder(shape.state_dim, tuple(shape.cameras), cfg.n_obs_steps, shape.image_size,
                                       cfg.crop_ratio, cfg.image_feature_dim)
         self.net = self._build_net(self.obs_encoder.out_dim, use_step_size=self._uses_step_size())
+        if cfg.ft_steps > 0:  # DPPO: a fine-tuned copy drives the last ft_steps grid steps; `net` stays frozen
+            self.net_ft: Optional[nn.Module] = self._build_net(self.obs_encoder.out_dim, self._uses_step_size())
+            self.net_ft.load_state_dict(self.net.state_dict())
+            self.net.requires_grad_(False)
+        else:
+            self.net_ft = None
         self._history = ObsHistory(cfg.n_obs_steps)
         self._queue = ActionQueue()
 
@@ -100,7 +106,12 @@ class GenerativePolicy(nn.Module):
         if steps:
             d["steps"] = steps
         d.update(kw)
-        self.cfg = PolicyConfig(**d)
+        new = PolicyConfig(**d)
+        if self.cfg.ft_steps and any(getattr(new, k) != getattr(self.cfg, k) for k in ("sampler", "steps", "timestep_spacing")):
+            raise ConfigError(f"this policy was fine-tuned on the last {self.cfg.ft_steps} steps of {self.cfg.sampler} "
+                              f"{self.cfg.steps} ({self.cfg.timestep_spacing}); another grid would evaluate a different "
+                              f"policy, so the sampler and steps are fixed")
+        self.cfg = new
         self._on_sampler_change()
 
     def _on_sampler_change(self) -> None:
@@ -124,9 +135,17 @@ class GenerativePolicy(nn.Module):
     def initial_noise(self, batch: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         return torch.randn((batch, self.cfg.horizon, self.shape.action_dim), generator=generator, device=self.device)
 
+    def make_denoiser(self, cond: torch.Tensor, cached: bool = True) -> Denoiser:
+        """x, evaluation -> network output on the current grid; fine-tuned steps (ft_steps) use `net_ft`."""
+        frozen = make_denoiser(self.net, self.grid, cond, cached)
+        if self.net_ft is None:
+            return frozen
+        first = (self.grid.n_steps - self.cfg.ft_steps) * self.grid.evals_per_step
+        return SplitDenoiser(frozen, make_denoiser(self.net_ft, self.grid, cond, cached), first)
+
     def step(self, x: torch.Tensor, k: Step, cond: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """One differentiable grid step: x_k (B,H,Da) -> (mean (B,H,Da), std). k is an int or per-row (B,) steps."""
-        return grid_step(self.grid, k, x, NetDenoiser(self.net, self.grid, cond))
+        return grid_step(self.grid, k, x, self.make_denoiser(cond, cached=False))
 
     def renoise(self, data: torch.Tensor, start: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """A chain state at step `start` whose clean part is `data` (B,H,Da): the warm-start entry point."""
@@ -148,16 +167,18 @@ class GenerativePolicy(nn.Module):
         if step_noise is None:
             step_noise = draw_step_noise(self.grid, noise, generator, start, min_std)
         if torch.is_grad_enabled():
-            return run(self.grid, NetDenoiser(self.net, self.grid, cond), noise, step_noise,  # type: ignore[return-value]
+            return run(self.grid, self.make_denoiser(cond, cached=False), noise, step_noise,  # type: ignore[return-value]
                        start=start, min_std=min_std)
         backend = self.resolved_backend()
         if backend != "eager" and start == 0 and min_std == 0.0:
             return self._accelerated(backend)(cond, noise, step_noise)
         with torch.inference_mode():
-            x = run(self.grid, make_denoiser(self.net, self.grid, cond), noise, step_noise, start=start, min_std=min_std)
+            x = run(self.grid, self.make_denoiser(cond), noise, step_noise, start=start, min_std=min_std)
         return x.clone()  # an ordinary tensor again, usable in autograd later (e.g. as a stored RL action)
 
     def _sample_adaptive(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        if self.net_ft is not None:
+            raise ConfigError("policy.sampler=adaptive does not combine with a DPPO-fine-tuned policy (ft_steps > 0)")
         step_size = self.grid.eval_d is not None
 
         def velocity(x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -189,7 +210,7 @@ class GenerativePolicy(nn.Module):
         if step_noise is None:
             step_noise = draw_step_noise(self.grid, noise, generator, start, min_std)
         with torch.no_grad():
-            return run(self.grid, make_denoiser(self.net, self.grid, cond), noise, step_noise,  # type: ignore[return-value]
+            return run(self.grid, self.make_denoiser(cond), noise, step_noise,  # type: ignore[return-value]
                        keep_chain=True, start=start, min_std=min_std)
 
     def step_log_prob(self, cond: torch.Tensor, x: torch.Tensor, x_next: torch.Tensor, k: Step,
@@ -221,6 +242,8 @@ class GenerativePolicy(nn.Module):
             start = self.cfg.steps - warm
             x = self.sample(cond, noise=self.renoise(shifted, start, generator), generator=generator, start=start)
         else:
+            if noise is None and self.cfg.init_noise_scale != 1.0:  # e.g. FPO++'s zero-noise evaluation
+                noise = self.initial_noise(cond.shape[0], generator) * self.cfg.init_noise_scale
             x = self.sample(cond, noise=noise, generator=generator)
         return self.unnormalize_actions(x.clamp(-1.0, 1.0))
 

@@ -148,6 +148,23 @@ class CachedDenoiser:
         return self.net.denoise(x, e, self.ctx)  # type: ignore[operator]
 
 
+class SplitDenoiser:
+    """Evaluations before `first` go to one network, the rest to another (DPPO's frozen / fine-tuned steps)."""
+
+    def __init__(self, before: Denoiser, after: Denoiser, first: int) -> None:
+        self.before, self.after, self.first = before, after, first
+
+    def __call__(self, x: torch.Tensor, e: Step) -> torch.Tensor:
+        if isinstance(e, int):
+            return self.after(x, e) if e >= self.first else self.before(x, e)
+        late = e >= self.first  # (B,)
+        if bool(late.all()):
+            return self.after(x, e)
+        if not bool(late.any()):
+            return self.before(x, e)
+        return torch.where(late.view(-1, 1, 1), self.after(x, e), self.before(x, e))
+
+
 def make_denoiser(net: torch.nn.Module, grid: Grid, cond: torch.Tensor, cached: bool = True) -> Denoiser:
     """The fast denoiser when the network supports it and the grid evaluates it more than once."""
     if cached and hasattr(net, "condition") and len(grid.eval_t) > 1:

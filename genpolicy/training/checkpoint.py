@@ -64,7 +64,9 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 
 def save_checkpoint(path: str | Path, policy: GenerativePolicy, config: dict[str, Any], step: int,
                     ema: Optional[GenerativePolicy] = None, optimizer: Optional[torch.optim.Optimizer] = None,
-                    trainer_state: Optional[dict[str, Any]] = None) -> Path:
+                    trainer_state: Optional[dict[str, Any]] = None,
+                    modules: Optional[dict[str, torch.nn.Module]] = None,
+                    optimizers: Optional[dict[str, torch.optim.Optimizer]] = None) -> Path:
     """Atomically write a checkpoint directory at `path` (an existing one is replaced only after success)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +83,16 @@ def save_checkpoint(path: str | Path, policy: GenerativePolicy, config: dict[str
             opt_t, opt_meta = _flatten_optimizer(optimizer)
             save_file(opt_t, str(tmp / TRAINER_FILE)) if opt_t else None
             (tmp / TRAINER_META).write_text(json.dumps({"optimizer": opt_meta, **(trainer_state or {})}, default=str))
+        elif modules is not None or optimizers is not None:  # fine-tuning: critics, noise nets, several optimisers
+            tensors: dict[str, torch.Tensor] = {}
+            metas = {}
+            for name, mod in (modules or {}).items():
+                tensors.update(_tensors(f"mod.{name}.", mod.state_dict()))
+            for name, opt in (optimizers or {}).items():
+                opt_t, metas[name] = _flatten_optimizer(opt)
+                tensors.update({f"optim.{name}.{k}": v for k, v in opt_t.items()})
+            save_file(tensors, str(tmp / TRAINER_FILE))
+            (tmp / TRAINER_META).write_text(json.dumps({"optimizers": metas, **(trainer_state or {})}, default=str))
         files = sorted(p.name for p in tmp.iterdir())
         manifest = {
             "genpolicy_version": genpolicy.__version__, "torch_version": torch.__version__, "step": step,
@@ -163,4 +175,30 @@ def load_training_state(path: str | Path, policy: GenerativePolicy, ema: Generat
         raise CheckpointError(f"{meta_path}: missing 'optimizer' or 'step'; this checkpoint cannot resume training")
     tensors = load_file(str(path / TRAINER_FILE)) if (path / TRAINER_FILE).exists() else {}
     optimizer.load_state_dict(_unflatten_optimizer(tensors, meta.pop("optimizer")))
+    return meta
+
+
+def load_finetune_state(path: str | Path, policy: GenerativePolicy, modules: dict[str, torch.nn.Module],
+                        optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
+    """Restore a fine-tuning checkpoint in place (policy, named modules and optimisers); returns the trainer state."""
+    path = Path(path)
+    read_manifest(path)
+    weights = load_file(str(path / MODEL_FILE))
+    meta_path = path / TRAINER_META
+    if not meta_path.exists() or not (path / TRAINER_FILE).exists():
+        raise CheckpointError(f"{path}: no trainer state; this checkpoint cannot resume fine-tuning")
+    meta = json.loads(meta_path.read_text())
+    tensors = load_file(str(path / TRAINER_FILE))
+    try:
+        policy.load_state_dict({k[6:]: v for k, v in weights.items() if k.startswith("model.")}, strict=True)
+        for name, mod in modules.items():
+            pre = f"mod.{name}."
+            mod.load_state_dict({k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)}, strict=True)
+        for name, opt in optimizers.items():
+            pre = f"optim.{name}."
+            opt.load_state_dict(_unflatten_optimizer({k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)},
+                                                     meta["optimizers"][name]))
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot resume fine-tuning from it: {str(e).splitlines()[0]}") from None
+    meta.pop("optimizers", None)
     return meta

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from genpolicy.policies.networks.common import TimeEmbedding, cond_table, pick
@@ -54,21 +55,35 @@ class ResidualMLP(nn.Module):
 
     # --- the sampler's fast path: conditioning computed once per call, only the x path per step ---------------
     def condition(self, t: torch.Tensor, d: torch.Tensor | None, cond: torch.Tensor) -> dict[str, Any]:
-        """Everything that does not depend on x, for E grid evaluations t (E,), d (E,)|None and cond (B,Dc)."""
+        """Everything that does not depend on x, for E grid evaluations t (E,), d (E,)|None and cond (B,Dc).
+
+        Tables are kept both stacked (E, B, W), for per-row evaluations, and as per-evaluation lists, so a step
+        indexes a Python list instead of dispatching a tensor select; weights are pre-transposed views."""
         temb = self.time(t, d)  # (E, Dt)
         hx = self.horizon * self.action_dim
         w_x, w_tc = torch.split(self.inp.weight, [hx, self.inp.weight.shape[1] - hx], dim=1)
         w_t, w_c = torch.split(w_tc, [temb.shape[1], cond.shape[1]], dim=1)
         inp = (temb @ w_t.t()).unsqueeze(1) + torch.addmm(self.inp.bias, cond, w_c.t()).unsqueeze(0)  # (E, B, W)
-        film = []
+        blocks = []
         for block in self.blocks:
             scale, shift = cond_table(block.film, temb, cond).chunk(2, dim=-1)  # (E, B, W) each
-            film.append(((1 + scale).contiguous(), shift.contiguous()))
-        return {"inp": inp, "w_x": w_x.t(), "film": film}
+            scale1, shift = (1 + scale).contiguous(), shift.contiguous()
+            blocks.append({"scale1": scale1, "shift": shift, "scale1_l": list(scale1.unbind(0)),
+                           "shift_l": list(shift.unbind(0)), "w1": block.fc1.weight.t(), "w2": block.fc2.weight.t()})
+        return {"inp": inp, "inp_l": list(inp.unbind(0)), "w_x": w_x.t(), "blocks": blocks,
+                "w_out": self.out.weight.t()}
 
     def denoise(self, x: torch.Tensor, e: int | torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
         """Same output as forward(x, t[e], cond, d[e]) from the tables of `condition`."""
-        h = torch.addmm(pick(ctx["inp"], e), x.flatten(1), ctx["w_x"])  # (B, W)
-        for block, (scale1, shift) in zip(self.blocks, ctx["film"]):
-            h = block.modulate(h, pick(scale1, e), pick(shift, e))
-        return self.out(self.out_norm(h)).view(-1, self.horizon, self.action_dim)  # (B, H, Da)
+        one = isinstance(e, int)
+        h = torch.addmm(ctx["inp_l"][e] if one else pick(ctx["inp"], e), x.flatten(1), ctx["w_x"])  # (B, W)
+        for block, tb in zip(self.blocks, ctx["blocks"]):
+            scale1 = tb["scale1_l"][e] if one else pick(tb["scale1"], e)
+            shift = tb["shift_l"][e] if one else pick(tb["shift"], e)
+            n = block.norm
+            y = torch.addcmul(shift, F.layer_norm(h, n.normalized_shape, n.weight, n.bias, n.eps), scale1)
+            y = torch.addmm(block.fc1.bias, F.mish(y), tb["w1"])
+            h = torch.addmm(block.fc2.bias, F.mish(y), tb["w2"]).add_(h)  # residual
+        n = self.out_norm
+        h = F.layer_norm(h, n.normalized_shape, n.weight, n.bias, n.eps)
+        return torch.addmm(self.out.bias, h, ctx["w_out"]).view(-1, self.horizon, self.action_dim)  # (B, H, Da)

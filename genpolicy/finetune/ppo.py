@@ -1,0 +1,355 @@
+"""The shared on-policy core: GAE, the PPO update with a pluggable log-ratio, the value net, and the fine-tuning loop.
+
+An algorithm (dppo.py, fpo.py, reinflow.py) supplies five things (`OnPolicyAlgo`): how to act (normalised chunks plus
+per-transition extras), how to expand transitions into PPO samples, how to compute the old statistics once before an
+update (same function as the new ones, so the first ratio is exactly 1), the per-minibatch log-ratio and extra loss,
+and its trainable parameters. Everything else (rollouts, advantages, clipping, critic, KL stop, schedules, logging,
+checkpoints, resume, evaluation) lives here once.
+
+The observation encoder is frozen while fine-tuning: the conditioning of every transition is computed once per
+update and shared by the actor terms and the critic.
+
+Shapes: T chunk steps, N envs, B = T*N transitions, S PPO samples (B, or B*K' for DPPO), M minibatch, Dc cond dim.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from genpolicy.config import FinetuneConfig, PPOConfig
+from genpolicy.errors import ConfigError, DataError
+from genpolicy.finetune.rollout import RewardScaler, Rollout, VecChunkEnv, collect
+from genpolicy.policies.base import GenerativePolicy
+
+
+class OnPolicyAlgo(Protocol):
+    policy: GenerativePolicy  # the policy being fine-tuned; evaluation and checkpoints use exactly this object
+
+    def actor_parameters(self) -> list[nn.Parameter]: ...
+
+    def modules(self) -> dict[str, nn.Module]: ...  # extra trainable modules saved for resume (e.g. a noise net)
+
+    def act(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...  # {"actions": (N,H,Da), extras}
+
+    def samples(self, flat: dict[str, Any]) -> dict[str, torch.Tensor]: ...  # per-sample tensors (S, ...) incl. "adv"
+
+    def prepare(self, samples: dict[str, torch.Tensor]) -> None: ...  # old log-probs / losses, in place, no grad
+
+    def loss(self, mb: dict[str, torch.Tensor]) -> dict[str, Any]: ...  # log_ratio, clip_eps, [adv_weight, aux_loss]
+
+    def describe(self) -> dict[str, Any]: ...  # exploration settings, for the saved config
+
+
+# --- advantages ----------------------------------------------------------------------------------------------------
+def gae(rewards: torch.Tensor, values: torch.Tensor, final_values: torch.Tensor, next_value: torch.Tensor,
+        terminated: torch.Tensor, truncated: torch.Tensor, gamma: float, lam: float) -> dict[str, torch.Tensor]:
+    """Generalised advantage estimation over (T, N) chunk transitions.
+
+    A terminated transition has no future; a truncated one bootstraps from the value of its real final observation;
+    neither lets the trace run into the next episode. Returns {'adv': (T,N), 'returns': (T,N)}.
+    """
+    T = rewards.shape[0]
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(next_value)
+    for t in reversed(range(T)):
+        nv = next_value if t == T - 1 else values[t + 1]
+        nv = torch.where(truncated[t] & ~terminated[t], final_values[t], nv)
+        delta = rewards[t] + gamma * nv * (~terminated[t]).float() - values[t]
+        done = (terminated[t] | truncated[t]).float()
+        last = delta + gamma * lam * (1.0 - done) * last
+        adv[t] = last
+    return {"adv": adv, "returns": adv + values}
+
+
+class ValueNet(nn.Module):
+    """V(s) on the (frozen) observation conditioning: MLP with LayerNorm and Mish."""
+
+    def __init__(self, in_dim: int, width: int = 256, depth: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = in_dim
+        for _ in range(depth):
+            layers += [nn.Linear(d, width), nn.LayerNorm(width), nn.Mish()]
+            d = width
+        layers.append(nn.Linear(d, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        return self.net(cond).squeeze(-1)  # (B,)
+
+
+def clip_schedule(k_rel: torch.Tensor, n: int, eps: float, eps_base: float, rate: float) -> torch.Tensor:
+    """DPPO's per-denoising-step clip: eps_base at the noisiest fine-tuned step, eps at the last. n = 1 gives eps."""
+    if n <= 1:
+        return torch.full(k_rel.shape, eps, device=k_rel.device)
+    tau = k_rel.float() / (n - 1)
+    return eps_base + (eps - eps_base) * (torch.exp(rate * tau) - 1) / (math.exp(rate) - 1)
+
+
+# --- the update ----------------------------------------------------------------------------------------------------
+def policy_objective(log_ratio: torch.Tensor, adv: torch.Tensor, clip_eps: Any, objective: str = "clip") -> dict[str, torch.Tensor]:
+    """PPO's clipped surrogate (or FPO++'s asymmetric trust region) for log-ratios (M,) or (M, n) and advantages (M,)."""
+    a = adv.view(-1, *([1] * (log_ratio.ndim - 1)))
+    eps = clip_eps.view(-1, *([1] * (log_ratio.ndim - 1))) if torch.is_tensor(clip_eps) else clip_eps
+    ratio = torch.exp(log_ratio)
+    clipped = torch.minimum(ratio * a, torch.clamp(ratio, 1 - eps, 1 + eps) * a)
+    if objective == "aspo":  # positive advantages: PPO clip; negative: SPO's quadratic penalty
+        spo = ratio * a - a.abs() / (2 * eps) * (ratio - 1) ** 2
+        clipped = torch.where(a >= 0, clipped, spo)
+    with torch.no_grad():
+        stats = {"approx_kl": ((ratio - 1) - log_ratio).mean(), "clipfrac": ((ratio - 1).abs() > eps).float().mean(),
+                 "ratio_mean": ratio.mean(), "ratio_max_dev": (ratio - 1).abs().max()}
+    return {"loss": -clipped.mean(), **stats}
+
+
+def ppo_update(algo: OnPolicyAlgo, critic: nn.Module, roll: Rollout, cfg: PPOConfig, opt_actor: torch.optim.Optimizer,
+               opt_critic: torch.optim.Optimizer, update_actor: bool, generator: torch.Generator) -> dict[str, float]:
+    """One PPO update from a rollout; returns mean statistics."""
+    policy = algo.policy
+    T, N = roll.rewards.shape
+    with torch.no_grad():
+        cond = policy.encode({k: v.flatten(0, 1) for k, v in roll.obs.items()})  # (B, Dc)
+    g = gae(roll.rewards, roll.values, roll.final_values, roll.next_value, roll.terminated, roll.truncated,
+            cfg.gamma, cfg.gae_lambda)
+    flat: dict[str, Any] = {"cond": cond, "actions": roll.actions.flatten(0, 1), "adv": g["adv"].flatten(),
+                            "returns": g["returns"].flatten(), **{k: v.flatten(0, 1) for k, v in roll.extras.items()}}
+    B = cond.shape[0]
+    stats: dict[str, list[float]] = {}
+
+    def note(**kw: Any) -> None:
+        for k, v in kw.items():
+            stats.setdefault(k, []).append(float(v))
+
+    for _ in range(cfg.epochs):  # critic: regression on the GAE returns
+        for idx in torch.randperm(B, generator=generator).split(cfg.minibatch_size):
+            v = critic(cond[idx])
+            loss = 0.5 * (v - flat["returns"][idx]).pow(2).mean()
+            opt_critic.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
+            opt_critic.step()
+            note(value_loss=loss.detach())
+    with torch.no_grad():
+        ev = 1 - float((flat["returns"] - critic(cond)).var() / flat["returns"].var().clamp_min(1e-8))
+    note(explained_variance=ev)
+    if not update_actor:
+        return {k: float(np.mean(v)) for k, v in stats.items()}
+
+    samples = algo.samples(flat)
+    algo.prepare(samples)
+    S = samples["adv"].shape[0]
+    stop = False
+    first = True
+    epochs_done = 0
+    for _ in range(cfg.epochs):
+        for idx in torch.randperm(S, generator=generator).split(cfg.minibatch_size):
+            mb = {k: v[idx] for k, v in samples.items()}
+            out = algo.loss(mb)
+            adv = mb["adv"]
+            if cfg.norm_adv and adv.numel() > 1:
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            if "adv_weight" in out:
+                adv = adv * out["adv_weight"]
+            obj = policy_objective(out["log_ratio"], adv, out["clip_eps"], out.get("objective", "clip"))
+            loss = obj["loss"] + out.get("aux_loss", 0.0)
+            opt_actor.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(algo.actor_parameters(), cfg.max_grad_norm)
+            if first:  # the self-test every update: old and new statistics come from the same function
+                note(first_ratio_max_dev=obj["ratio_max_dev"])
+                first = False
+            opt_actor.step()
+            note(policy_loss=obj["loss"].detach(), approx_kl=obj["approx_kl"], clipfrac=obj["clipfrac"],
+                 ratio_mean=obj["ratio_mean"], grad_norm=grad_norm, **{k: v for k, v in out.get("stats", {}).items()})
+            if cfg.target_kl > 0 and float(obj["approx_kl"]) > cfg.target_kl:
+                stop = True
+                break
+        epochs_done += 1
+        if stop:
+            break
+    note(actor_epochs=epochs_done, kl_stop=float(stop))
+    return {k: float(np.mean(v)) for k, v in stats.items()}
+
+
+# --- the fine-tuning loop ------------------------------------------------------------------------------------------
+def _lr(it: int, cfg: PPOConfig, base: float, floor: float) -> float:
+    if cfg.warmup_iters and it < cfg.warmup_iters:
+        return base * (it + 1) / cfg.warmup_iters
+    frac = min(1.0, it / max(1, cfg.iterations))
+    return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * frac))
+
+
+def make_algo(name: str, policy: GenerativePolicy, cfg: FinetuneConfig, device: torch.device) -> OnPolicyAlgo:
+    """The string registry `algo=dppo|fpo|reinflow`."""
+    if name == "dppo":
+        from genpolicy.finetune.dppo import DPPO
+
+        return DPPO(policy, cfg, device)
+    if name == "fpo":
+        from genpolicy.finetune.fpo import FPO
+
+        return FPO(policy, cfg, device)
+    if name == "reinflow":
+        from genpolicy.finetune.reinflow import ReinFlow
+
+        return ReinFlow(policy, cfg, device)
+    raise ConfigError(f"unknown algo '{name}'; use dppo, fpo or reinflow")
+
+
+def steps_to(curve: list[dict[str, Any]], threshold: float = 0.9) -> dict[str, Optional[float]]:
+    """First evaluation point at or above `threshold` success: env steps and wall-clock seconds (None if never)."""
+    for p in curve:
+        if p["success_rate"] >= threshold:
+            return {"env_steps": p["env_steps"], "wallclock_s": p["wallclock_s"]}
+    return {"env_steps": None, "wallclock_s": None}
+
+
+def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Fine-tune a BC checkpoint with an on-policy algorithm; returns a summary (also written to summary.json)."""
+    from genpolicy.training.bc import _StopFlag
+    from genpolicy.training.checkpoint import load_finetune_state, load_policy, read_config, save_checkpoint
+    from genpolicy.training.evaluate import evaluate
+    from genpolicy.training.runs import MetricsLogger, make_run_dir, progress_bar, resolve_device, slug
+
+    if not cfg.ckpt:
+        raise ConfigError("finetune needs a BC checkpoint: genpolicy finetune algo=... ckpt=runs/<run>/checkpoints/best")
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    device = resolve_device(cfg.run.device)
+    torch.manual_seed(cfg.run.seed)
+    source = read_config(cfg.ckpt)
+    task = cfg.task.name or source.get("task", {}).get("name", "")
+    if not task:
+        raise ConfigError(f"{cfg.ckpt}: the checkpoint does not name its task; pass task=<suite/name>")
+    bc = load_policy(cfg.ckpt, use_ema=cfg.use_ema, device=device)
+    if bc.shape.cameras:
+        raise ConfigError(f"{cfg.ckpt}: on-policy fine-tuning here supports state observations; this policy uses cameras "
+                          f"{bc.shape.cameras}")
+    algo = make_algo(cfg.algo, bc, cfg, device)
+    policy = algo.policy.eval()  # eval mode throughout: deterministic crops, no dropout; gradients still flow
+    pc = cfg.ppo
+    venv = VecChunkEnv(task, pc.n_envs, policy.cfg.n_obs_steps, policy.cfg.n_action_steps,
+                       seed=10_000_000 + 1_000_000 * cfg.run.seed, max_episode_steps=cfg.task.max_episode_steps)
+    if venv.spec.action_dim != policy.shape.action_dim or venv.spec.state_dim != policy.shape.state_dim:
+        raise DataError(f"task '{task}' has state/action dims ({venv.spec.state_dim}, {venv.spec.action_dim}) but "
+                        f"{cfg.ckpt} expects ({policy.shape.state_dim}, {policy.shape.action_dim})")
+    critic = ValueNet(policy.obs_encoder.out_dim, pc.critic_width, pc.critic_depth).to(device)
+    opt_actor = torch.optim.AdamW(algo.actor_parameters(), lr=pc.actor_lr, weight_decay=0.0)
+    opt_critic = torch.optim.AdamW(critic.parameters(), lr=pc.critic_lr, weight_decay=0.0)
+    scaler = RewardScaler(pc.gamma) if pc.reward_scale else None
+    run_dir = make_run_dir(cfg.run, f"finetune-{slug(task)}-{cfg.algo}")
+    ckpt_root = run_dir / "checkpoints"
+    saved_cfg = {"task": {"name": task, "max_episode_steps": cfg.task.max_episode_steps},
+                 "finetune": {**asdict(cfg), "exploration": algo.describe()}, "source_checkpoint": str(cfg.ckpt)}
+    modules = {"critic": critic, **algo.modules()}
+    optimizers = {"actor": opt_actor, "critic": opt_critic}
+    gen = torch.Generator().manual_seed(cfg.run.seed)
+    start_it, env_steps, curve, wall0 = 0, 0, [], 0.0
+    summary: dict[str, Any] = {}
+    latest = max(ckpt_root.glob("it_*"), default=None) if ckpt_root.exists() else None
+    if cfg.run.resume:
+        if latest is None:
+            raise ConfigError(f"{run_dir}: run.resume=true but no checkpoint under {ckpt_root}")
+        st = load_finetune_state(latest, policy, modules, optimizers)
+        start_it, env_steps, curve, wall0 = st["iteration"], st["env_steps"], st["curve"], st["wallclock_s"]
+        summary = st["summary"]
+        if scaler is not None and st.get("scaler"):
+            scaler.load(st["scaler"])
+        gen.set_state(torch.tensor(st["generator"], dtype=torch.uint8))
+    elif latest is not None:
+        raise ConfigError(f"{run_dir}: already holds fine-tuning checkpoints; continue with run.resume=true or choose a new run.dir")
+
+    def run_eval(tag: str) -> dict[str, Any]:
+        return evaluate(policy, task, n_episodes=cfg.eval.n_episodes, n_envs=cfg.eval.n_envs, seed=cfg.eval.seed,
+                        out_dir=run_dir / "eval" / tag, n_videos=cfg.eval.n_videos if tag == "final" else 0,
+                        max_episode_steps=cfg.task.max_episode_steps, progress=False)
+
+    logger = MetricsLogger(run_dir)
+    t_start = time.time() - wall0
+    if not curve:
+        ev = run_eval("start")
+        summary = {"start_success": ev["success_rate"], "start_return": ev["mean_return"]}
+        curve.append({"iteration": 0, "env_steps": 0, "wallclock_s": 0.0, "success_rate": ev["success_rate"],
+                      "mean_return": ev["mean_return"]})
+        logger.log(0, {"eval/success_rate": ev["success_rate"], "eval/mean_return": ev["mean_return"]})
+        t_start = time.time()  # wall-clock to threshold counts fine-tuning only, not the start evaluation
+
+    def save(it: int) -> Path:
+        state = {"iteration": it, "env_steps": env_steps, "curve": curve, "wallclock_s": time.time() - t_start,
+                 "summary": summary, "scaler": scaler.state() if scaler else None,
+                 "generator": gen.get_state().tolist()}
+        path = save_checkpoint(ckpt_root / f"it_{it:06d}", policy, saved_cfg, it, trainer_state=state,
+                               modules=modules, optimizers=optimizers)
+        for old in sorted(ckpt_root.glob("it_*"))[:-2]:  # keep the last two
+            import shutil
+
+            shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    bar = progress_bar(pc.iterations, f"{cfg.algo} {task}", "it", cfg.run.progress, initial=start_it)
+    last_path: Optional[Path] = None
+    with _StopFlag() as stop:
+        for it in range(start_it, pc.iterations):
+            for group in opt_actor.param_groups:
+                group["lr"] = _lr(it, pc, pc.actor_lr, pc.actor_lr_min)
+            for group in opt_critic.param_groups:
+                group["lr"] = _lr(it, pc, pc.critic_lr, pc.critic_lr)
+            t0 = time.time()
+            roll = collect(venv, algo.act, lambda o: critic(policy.encode(o)), policy.unnormalize_actions, pc.n_steps,
+                           device, pc.reward_offset, scaler, pc.reward)
+            t_roll = time.time() - t0
+            st = ppo_update(algo, critic, roll, pc, opt_actor, opt_critic, it >= pc.critic_warmup_iters, gen)
+            env_steps += roll.env_steps
+            metrics = {f"train/{k}": v for k, v in st.items()}
+            if roll.episodes:  # exploration episodes that ended in this rollout
+                metrics["train/success_rate"] = float(np.mean([e["success"] for e in roll.episodes]))
+                metrics["train/return"] = float(np.mean([e["return"] for e in roll.episodes]))
+            metrics.update({"env_steps": env_steps, "time/rollout_s": t_roll, "time/update_s": time.time() - t0 - t_roll,
+                            "time/env_s": roll.seconds["env"], "time/inference_s": roll.seconds["inference"],
+                            "lr/actor": opt_actor.param_groups[0]["lr"]})
+            last = it == pc.iterations - 1
+            if (cfg.eval.every and (it + 1) % cfg.eval.every == 0) or last:
+                ev = run_eval("final" if last else f"it_{it + 1:06d}")
+                curve.append({"iteration": it + 1, "env_steps": env_steps, "wallclock_s": round(time.time() - t_start, 2),
+                              "success_rate": ev["success_rate"], "mean_return": ev["mean_return"]})
+                metrics.update({"eval/success_rate": ev["success_rate"], "eval/mean_return": ev["mean_return"]})
+            if (it + 1) % cfg.run.log_every == 0 or last:
+                logger.log(it + 1, metrics)
+            bar.update(1)
+            bar.set_postfix(succ=f"{metrics.get('train/success_rate', float('nan')):.2f}",
+                            kl=f"{st.get('approx_kl', 0):.1e}")
+            if (it + 1) % cfg.run.ckpt_every == 0 or last or stop.requested:
+                last_path = save(it + 1)
+            if stop.requested:
+                bar.close()
+                logger.close()
+                venv.close()
+                raise KeyboardInterrupt
+    bar.close()
+    logger.close()
+    venv.close()
+    final = curve[-1]
+    summary.update({"algo": cfg.algo, "task": task, "seed": cfg.run.seed, "final_success": final["success_rate"],
+                    "final_return": final["mean_return"], "env_steps": env_steps,
+                    "wallclock_s": round(time.time() - t_start, 2), "curve": curve,
+                    "env_steps_to_90": steps_to(curve)["env_steps"], "wallclock_s_to_90": steps_to(curve)["wallclock_s"],
+                    "run_dir": str(run_dir), "final_checkpoint": str(last_path) if last_path else None})
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def frozen_copy(policy: GenerativePolicy) -> GenerativePolicy:
+    """A detached, gradient-free copy (for BC regularisers)."""
+    ref = copy.deepcopy(policy).eval()
+    ref.requires_grad_(False)
+    return ref
