@@ -1,0 +1,179 @@
+"""On-policy fine-tuning benchmark: DPPO, FPO and ReinFlow from deliberately weak BC checkpoints on Meta-World.
+
+For each task: a weak BC policy per family (few, noisy scripted demonstrations; diffusion for DPPO, flow for FPO and
+ReinFlow), then `finetune()` per algorithm and seed with the `metaworld` preset (configs/preset/metaworld.yaml).
+Writes benchmarks/results/finetune_onpolicy.md, .json (a list `rows`, one per algorithm, task and seed) and
+finetune_onpolicy.png (success versus env steps, mean over seeds). Rows are appended as they finish; a rerun skips
+rows already present, so several workers (one per seed, --threads 1) can share the file.
+
+    .venv/bin/python benchmarks/finetune_onpolicy.py --seeds 0 --threads 1
+    .venv/bin/python benchmarks/finetune_onpolicy.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from genpolicy.cli import compose  # noqa: E402
+from genpolicy.config import (DataConfig, EvalConfig, FinetuneConfig, OptimConfig, PolicyConfig, RunConfig,  # noqa: E402
+                              TaskConfig, TrainConfig)
+from genpolicy.datasets.collect import generate  # noqa: E402
+from genpolicy.finetune.ppo import finetune  # noqa: E402
+from genpolicy.training.bc import train  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bc_metaworld import versions  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "results"
+TASKS = ["metaworld/drawer-open-v3", "metaworld/button-press-topdown-v3", "metaworld/door-open-v3"]
+FAMILY = {"dppo": "diffusion", "fpo": "flow", "reinflow": "flow"}
+
+
+def weak_bc(task: str, family: str, args: argparse.Namespace, work: Path) -> dict:
+    """Train (once) the weak BC checkpoint of a task and family; returns {ckpt, success, minutes}."""
+    tag = f"{task.replace('/', '_')}_{family}"
+    info_path = work / f"{tag}.json"
+    if info_path.exists():
+        return json.loads(info_path.read_text())
+    data = work / f"{task.replace('/', '_')}_weak.zarr"
+    with open(work / ".lock", "w") as lock:  # two workers must not write the same demonstrations
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not data.exists():
+            generate(task, args.demos, seed=777, noise=args.demo_noise, detour_prob=args.detour, progress=False).save(data)
+    run_dir = work / tag
+    shutil.rmtree(run_dir, ignore_errors=True)
+    pol = PolicyConfig(type=family, sampler="ddim" if family == "diffusion" else "euler", steps=10)
+    cfg = TrainConfig(task=TaskConfig(name=task), policy=pol, data=DataConfig(path=str(data), seed=0),
+                      train=OptimConfig(steps=args.bc_steps, batch_size=256),
+                      eval=EvalConfig(n_episodes=50, n_envs=10, n_videos=0), run=RunConfig(dir=str(run_dir), progress=False,
+                                                                                          log_every=500, ckpt_every=10**9))
+    t0 = time.time()
+    res = train(cfg)
+    info = {"ckpt": res["final_checkpoint"], "success": res["eval"]["success_rate"],
+            "minutes": round((time.time() - t0) / 60, 2)}
+    info_path.write_text(json.dumps(info))
+    return info
+
+
+def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Path) -> dict:
+    bc = weak_bc(task, FAMILY[algo], args, work)
+    run_dir = work / f"{task.replace('/', '_')}_{algo}_seed{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a row missing from the JSON: its run was interrupted
+    cfg = compose("finetune", [f"algo={algo}", f"ckpt={bc['ckpt']}", f"task={task}", "preset=metaworld",
+                               f"run.dir={run_dir}", f"run.seed={seed}", "run.progress=false",
+                               f"ppo.iterations={args.iterations}", *args.overrides], FinetuneConfig)
+    res = finetune(cfg)
+    return {"algo": algo, "task": task, "seed": seed, "bc_success_50ep": bc["success"],
+            "start_success": res["start_success"], "final_success": res["final_success"],
+            "start_return": res["start_return"], "final_return": res["final_return"], "env_steps": res["env_steps"],
+            "wallclock_s": res["wallclock_s"], "env_steps_to_90": res["env_steps_to_90"],
+            "wallclock_s_to_90": res["wallclock_s_to_90"], "curve": res["curve"],
+            "eval_episodes": cfg.eval.n_episodes}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", nargs="+", default=TASKS)
+    ap.add_argument("--algos", nargs="+", default=list(FAMILY))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--iterations", type=int, default=60)
+    ap.add_argument("--demos", type=int, default=10)
+    ap.add_argument("--demo-noise", type=float, default=0.5)
+    ap.add_argument("--detour", type=float, default=0.3)
+    ap.add_argument("--bc-steps", type=int, default=1000)
+    ap.add_argument("--work", default="runs/bench_ft")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--report", action="store_true")
+    ap.add_argument("overrides", nargs="*", help="extra finetune overrides, e.g. ppo.n_envs=8")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    js = OUT / "finetune_onpolicy.json"
+    for task in ([] if args.report else args.tasks):
+        for algo in args.algos:
+            for seed in args.seeds:
+                data = json.loads(js.read_text()) if js.exists() else {"rows": []}
+                if any((r["task"], r["algo"], r["seed"]) == (task, algo, seed) for r in data["rows"]):
+                    continue
+                print(f"[bench] {task} {algo} seed {seed}", flush=True)
+                row = run_one(task, algo, seed, args, work)
+                print(f"[bench]   {row['start_success']:.2f} -> {row['final_success']:.2f}, "
+                      f"to 90%: {row['env_steps_to_90']} env steps", flush=True)
+                with open(OUT / "finetune_onpolicy.lock", "w") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    data = json.loads(js.read_text()) if js.exists() else {"rows": []}
+                    data["rows"].append(row)
+                    cmds = data.setdefault("meta", {}).setdefault("commands", [])
+                    cmd = ".venv/bin/python " + " ".join(sys.argv)
+                    if cmd not in cmds:
+                        cmds.append(cmd)
+                    data["meta"].update(versions=versions(), machine=f"{os.uname().machine}, {os.cpu_count()} CPUs",
+                                        setup=vars(args) | {"overrides": args.overrides})
+                    tmp = js.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(data, indent=2))
+                    tmp.replace(js)
+    if js.exists():
+        data = json.loads(js.read_text())
+        write_report(data)
+
+
+def write_report(data: dict) -> None:
+    rows, meta = data["rows"], data.get("meta", {})
+    lines = ["# On-policy RL fine-tuning on Meta-World (DPPO, FPO, ReinFlow)", "",
+             "Commands: " + "; ".join(f"`{c}`" for c in meta.get("commands", [])),
+             f"Machine: {meta.get('machine', '-')}; versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()),
+             "", "Start: weak BC checkpoints (few noisy demonstrations; diffusion for DPPO, flow for FPO and ReinFlow). "
+             "Reward: 1 for the chunk in which Meta-World reports success (episodes end there), `preset=metaworld`. "
+             "Success: held-out evaluation episodes of the policy being fine-tuned, deterministic sampling as saved.", "",
+             "| task | algo | seed | BC success | start | final | env steps | to 90% (env steps) | to 90% (s) | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["task"], r["algo"], r["seed"])):
+        lines.append(f"| {r['task']} | {r['algo']} | {r['seed']} | {r['bc_success_50ep']:.2f} | {r['start_success']:.2f} | "
+                     f"{r['final_success']:.2f} | {r['env_steps']} | {r['env_steps_to_90'] or '-'} | "
+                     f"{r['wallclock_s_to_90'] or '-'} | {r['wallclock_s']:.0f} |")
+    lines += ["", "![success vs env steps](finetune_onpolicy.png)", ""]
+    (OUT / "finetune_onpolicy.md").write_text("\n".join(lines))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    tasks = sorted({r["task"] for r in rows})
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(5 * max(1, len(tasks)), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for algo in FAMILY:
+            rs = [r for r in rows if r["task"] == task and r["algo"] == algo]
+            for r in rs:
+                xs = [p["env_steps"] for p in r["curve"]]
+                ys = [p["success_rate"] for p in r["curve"]]
+                ax.plot(xs, ys, alpha=0.8, label=f"{algo} s{r['seed']}")
+        ax.axhline(0.9, color="gray", ls="--", lw=0.8)
+        ax.set_title(task.split("/")[-1])
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("success")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(OUT / "finetune_onpolicy.png", dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
