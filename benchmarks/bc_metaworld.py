@@ -78,7 +78,8 @@ def _row(task: str, policy: str, seed: int, ev: dict, minutes: float, args: argp
     return {"task": task, "policy": policy, "seed": seed, "success_rate": ev["success_rate"],
             "n_episodes": ev["n_episodes"], "train_minutes": round(minutes, 2), "train_steps": args.steps,
             "n_demos": args.demos, "sampler": f"{ev['sampler']}-{ev['steps']}", "eval_seconds": ev["eval_seconds"],
-            "success_definition": ev["success_definition"]}
+            "success_definition": ev["success_definition"],
+            "prediction": PolicyConfig().prediction if policy == "diffusion" else None}
 
 
 def write_markdown(rows: list[dict], meta: dict, path: Path) -> None:

@@ -50,7 +50,7 @@ class PolicyConfig:
     # diffusion
     num_train_timesteps: int = 100
     beta_schedule: str = "squaredcos_cap_v2"  # squaredcos_cap_v2 | linear
-    prediction: str = "epsilon"  # epsilon | sample
+    prediction: str = "sample"  # sample (predict the clean chunk; better at short CPU budgets) | epsilon (DP)
     clip_sample: float = 1.0  # clip predicted x0 to +-this; 0 disables
     eta: float = 0.0  # DDIM stochasticity
     timestep_spacing: str = "leading"  # leading (diffusers' default, DP) | trailing (starts at t=T-1; for few steps)
