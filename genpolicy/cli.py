@@ -4,6 +4,7 @@
     genpolicy data generate task=metaworld/push-v3 data.n_episodes=50 [output=data/push.zarr]
     genpolicy data convert demos.hdf5 out.zarr        (robomimic HDF5 / LeRobot dir / zarr -> zarr or LeRobot)
     genpolicy data info data/push.zarr
+    genpolicy data expert task=gym/hopper-v5 expert.stop_return=1500   (SAC "medium" expert -> data/experts/...)
     genpolicy train task=metaworld/door-open-v3 policy=flow policy.steps=4
     genpolicy eval ckpt=runs/<run>/checkpoints/best [policy sampler/steps overrides: sampler=shortcut steps=1]
     genpolicy envs list
@@ -132,8 +133,8 @@ def cmd_data(args: list[str]) -> int:
     from genpolicy.config import DataCommandConfig
     from genpolicy.datasets import io
 
-    if not args or args[0] not in ("generate", "convert", "info"):
-        raise GenpolicyError("usage: genpolicy data generate|convert|info ...")
+    if not args or args[0] not in ("generate", "convert", "info", "expert"):
+        raise GenpolicyError("usage: genpolicy data generate|convert|info|expert ...")
     sub, rest = args[0], args[1:]
     positional, overrides = _split_args(rest)
     if sub == "info":
@@ -146,6 +147,14 @@ def cmd_data(args: list[str]) -> int:
         names = ["input", "output"]
         overrides += [f"{n}={v}" for n, v in zip(names, positional)]
     cfg = compose("data", overrides, DataCommandConfig)
+    if sub == "expert":
+        from genpolicy.experts.sac import default_expert_path, train_expert
+
+        out = Path(cfg.output) if cfg.output else default_expert_path(cfg.task.name)
+        res = train_expert(cfg.task.name, out, cfg.expert, progress=cfg.progress)
+        print(f"wrote {out}: SAC expert for {cfg.task.name}, deterministic return {res['return']:.1f} after "
+              f"{res['steps']} env steps")
+        return 0
     if sub == "generate":
         from genpolicy.datasets.collect import generate
         from genpolicy.training.bc import default_data_path
@@ -153,11 +162,12 @@ def cmd_data(args: list[str]) -> int:
         out = Path(cfg.output) if cfg.output else default_data_path(cfg.task.name)
         rb = generate(cfg.task.name, cfg.data.n_episodes, seed=cfg.data.seed, noise=cfg.data.noise,
                       detour_prob=cfg.data.detour_prob, images=cfg.task.images, keep_failed=cfg.data.keep_failed,
-                      max_episode_steps=cfg.task.max_episode_steps, progress=cfg.progress)
+                      max_episode_steps=cfg.task.max_episode_steps, progress=cfg.progress,
+                      expert_path=cfg.data.expert_path)
         rb.save(out)
         print(f"wrote {out}: {rb.n_episodes} episodes, {rb.n_steps} steps; expert success rate "
               f"{rb.attrs['expert_success_rate']:.2f} over {rb.attrs['expert_attempts']} attempts "
-              f"(success = {rb.attrs['success_definition']})")
+              f"(success = {rb.attrs['success_definition']}); expert mean return {rb.attrs['expert_mean_return']:.1f}")
         return 0
     if not cfg.input or not cfg.output:
         raise GenpolicyError("usage: genpolicy data convert <input> <output> [format=zarr|lerobot]")

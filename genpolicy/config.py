@@ -134,6 +134,7 @@ class DataConfig:
     seed: int = 0
     max_train_episodes: int = 0  # 0 = all; fewer makes a weak policy on purpose
     keep_failed: bool = False  # generation: also store episodes where the expert failed
+    expert_path: str = ""  # trained (SAC) expert directory for tasks without a scripted one; empty = data/experts/<task>
 
 
 @dataclass
@@ -322,6 +323,27 @@ class EvalCommandConfig:
 
 
 @dataclass
+class SACExpertConfig:
+    """`genpolicy data expert`: SAC until the deterministic return reaches stop_return (a medium expert)."""
+
+    steps: int = 300_000  # env steps at most
+    stop_return: float = 0.0  # stop once the deterministic eval return reaches this (0 = run all steps)
+    start_steps: int = 5_000  # uniform random actions first
+    batch_size: int = 256
+    lr: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    width: int = 256
+    eval_every: int = 10_000
+    eval_episodes: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("expert.steps and expert.batch_size must be >= 1")
+
+
+@dataclass
 class DataCommandConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -330,6 +352,7 @@ class DataCommandConfig:
     format: str = ""  # convert: zarr | lerobot (destination format); empty = from the output name
     fps: float = 0.0  # convert: frames per second when the source does not say
     state_keys: list[str] = field(default_factory=list)  # convert: source keys concatenated into `state`
+    expert: SACExpertConfig = field(default_factory=SACExpertConfig)  # data expert: SAC settings
     progress: bool = True
 
 

@@ -143,3 +143,14 @@ def test_bench_sampler_smoke(tmp_path: Path) -> None:
         assert row["max_abs_diff"] < 1e-5  # the engine and the diffusers loop sample the same chunk
         assert row["eager_ms"] > 0 and row["usual_loop_ms"] > 0 and row["floor_ms"] > 0
     assert "| cpu | unet | 2 | 1step |" in (tmp_path / "res" / "sampler.md").read_text()
+
+
+def test_data_expert_and_generate_for_locomotion(tmp_path: Path) -> None:
+    r = gp("data", "expert", "task=gym/hopper-v5", "expert.steps=300", "expert.start_steps=200", "expert.eval_every=300",
+           "expert.eval_episodes=1", "expert.width=32", "output=hopper_expert", "progress=false", cwd=tmp_path)
+    assert "SAC expert for gym/hopper-v5" in r.stdout and (tmp_path / "hopper_expert" / "expert.json").exists()
+    r = gp("data", "generate", "task=gym/hopper-v5", "data.n_episodes=2", "data.expert_path=hopper_expert",
+           "task.max_episode_steps=50", "output=hopper.zarr", "progress=false", cwd=tmp_path)
+    assert "expert mean return" in r.stdout and "episodes: 2" in gp("data", "info", "hopper.zarr", cwd=tmp_path).stdout
+    r = gp("data", "generate", "task=gym/walker2d-v5", "data.n_episodes=1", cwd=tmp_path, ok=False)
+    assert r.returncode == 2 and "genpolicy data expert task=" in r.stderr  # no expert trained yet: say how

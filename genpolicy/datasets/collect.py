@@ -14,13 +14,16 @@ from genpolicy.envs.registry import make_env, make_expert
 
 def generate(task: str, n_episodes: int, seed: int = 0, noise: float = 0.0, detour_prob: float = 0.0,
              images: bool = False, keep_failed: bool = False, max_episode_steps: int = 0,
-             progress: bool = True, max_attempts_factor: int = 3) -> ReplayBuffer:
+             progress: bool = True, max_attempts_factor: int = 3, expert_path: str = "") -> ReplayBuffer:
     """Run the task's expert until `n_episodes` episodes are kept (successes only unless keep_failed).
 
-    Episode i uses env seed `seed + i`. The buffer's attrs record the expert's success rate over all attempts.
+    Episode i uses env seed `seed + i`. The buffer's attrs record the expert's success rate over all attempts and
+    its mean return. Tasks with no success notion (locomotion) keep every episode.
     """
     env = make_env(task, seed=seed, images=images, max_episode_steps=max_episode_steps)
-    expert = make_expert(task, noise=noise, detour_prob=detour_prob, seed=seed)
+    expert = make_expert(task, noise=noise, detour_prob=detour_prob, seed=seed, expert_path=expert_path)
+    keep_failed = keep_failed or env.spec.success_definition.startswith("none")
+    returns: list[float] = []
     episodes: list[dict[str, np.ndarray]] = []
     attempts = successes = 0
     t0 = time.time()
@@ -30,17 +33,19 @@ def generate(task: str, n_episodes: int, seed: int = 0, noise: float = 0.0, deto
         expert.reset()
         steps: dict[str, list[np.ndarray]] = {k: [] for k in obs}
         steps["action"] = []
-        success, done = False, False
+        success, done, ret = False, False, 0.0
         while not done:
             action = np.asarray(expert.act(env, obs), dtype=np.float32)
             for k, v in obs.items():
                 steps[k].append(v)
             steps["action"].append(action)
-            obs, _, term, trunc, info = env.step(action)
+            obs, r, term, trunc, info = env.step(action)
+            ret += float(r)
             success = success or bool(info.get("success", False))
             done = term or trunc
         attempts += 1
         successes += int(success)
+        returns.append(ret)
         if success or keep_failed:
             episodes.append({k: np.stack(v) for k, v in steps.items()})
             bar.update(1)
@@ -52,6 +57,6 @@ def generate(task: str, n_episodes: int, seed: int = 0, noise: float = 0.0, deto
         "expert_noise": noise, "expert_detour_prob": detour_prob, "expert_attempts": attempts,
         "expert_successes": successes, "expert_success_rate": successes / max(attempts, 1),
         "success_definition": env.spec.success_definition, "kept_failed": keep_failed,
-        "generation_seconds": round(time.time() - t0, 2),
+        "generation_seconds": round(time.time() - t0, 2), "expert_mean_return": float(np.mean(returns)) if returns else 0.0,
     }
     return ReplayBuffer.from_episodes(episodes, attrs)

@@ -1,4 +1,4 @@
-"""make_env / make_expert by task name ("toy/bimodal", "metaworld/drawer-open-v3", "robosuite/lift").
+"""make_env / make_expert by task name ("toy/bimodal", "metaworld/drawer-open-v3", "robosuite/lift", "gym/hopper-v5").
 
 Simulator modules import lazily, so listing tasks or training on the toy task needs no simulator installed.
 """
@@ -25,10 +25,13 @@ def _setup_rendering() -> None:
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
 
+GYM_TASKS = ("hopper-v5", "walker2d-v5", "halfcheetah-v5", "ant-v5")
+
+
 def list_tasks() -> list[str]:
     """Every task name the registry knows."""
     return (["toy/bimodal", "toy/bimodal-right"] + [f"metaworld/{t}" for t in METAWORLD_TASKS]
-            + [f"robosuite/{t}" for t in ROBOSUITE_TASKS])
+            + [f"robosuite/{t}" for t in ROBOSUITE_TASKS] + [f"gym/{t}" for t in GYM_TASKS])
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -60,11 +63,18 @@ def make_env(name: str, seed: int = 0, images: bool = False, max_episode_steps: 
         if task not in ROBOSUITE_TASKS:
             raise ConfigError(f"unknown robosuite task '{name}'; known: {', '.join('robosuite/' + t for t in ROBOSUITE_TASKS)}")
         return RobosuiteEnv(task, seed=seed, images=images, max_episode_steps=max_episode_steps or None, **kw)
+    if suite == "gym":
+        from genpolicy.envs.gym_mujoco import GymMujocoEnv
+
+        if task not in GYM_TASKS:
+            raise ConfigError(f"unknown gym task '{name}'; known: {', '.join('gym/' + t for t in GYM_TASKS)}")
+        return GymMujocoEnv(task, seed=seed, images=images, max_episode_steps=max_episode_steps or None, **kw)
     raise ConfigError(f"unknown task suite '{suite}' in '{name}'; known tasks: {', '.join(list_tasks())}")
 
 
-def make_expert(name: str, noise: float = 0.0, detour_prob: float = 0.0, seed: int = 0) -> Expert:
-    """The scripted demonstrator for a task."""
+def make_expert(name: str, noise: float = 0.0, detour_prob: float = 0.0, seed: int = 0,
+                expert_path: str = "") -> Expert:
+    """The demonstrator for a task: scripted, or a trained SAC expert (gym/*, from `genpolicy data expert`)."""
     suite, task = _split(name)
     if suite == "toy":
         from genpolicy.envs.toy import ToyExpert
@@ -78,4 +88,8 @@ def make_expert(name: str, noise: float = 0.0, detour_prob: float = 0.0, seed: i
         from genpolicy.envs.robosuite import make_robosuite_expert
 
         return make_robosuite_expert(task, noise=noise, detour_prob=detour_prob, seed=seed)
+    if suite == "gym":
+        from genpolicy.experts.sac import load_default_expert
+
+        return load_default_expert(name, noise=noise, seed=seed, path=expert_path or None)
     raise ConfigError(f"no scripted expert for '{name}'")

@@ -1,0 +1,1 @@
+"""Trained experts for tasks without a scripted demonstrator."""
