@@ -23,7 +23,6 @@ from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from genpolicy.cli import compose  # noqa: E402
