@@ -94,15 +94,17 @@ def main() -> None:
     ap.add_argument("--bc-steps", type=int, default=1000)
     ap.add_argument("--work", default="runs/bench_ft")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", default=str(OUT), help="results directory")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("overrides", nargs="*", help="extra finetune overrides, e.g. ppo.n_envs=8")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    OUT.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    js = OUT / "finetune_onpolicy.json"
+    js = out / "finetune_onpolicy.json"
     for task in ([] if args.report else args.tasks):
         for algo in args.algos:
             for seed in args.seeds:
@@ -113,7 +115,7 @@ def main() -> None:
                 row = run_one(task, algo, seed, args, work)
                 print(f"[bench]   {row['start_success']:.2f} -> {row['final_success']:.2f}, "
                       f"to 90%: {row['env_steps_to_90']} env steps", flush=True)
-                with open(OUT / "finetune_onpolicy.lock", "w") as lock:
+                with open(out / "finetune_onpolicy.lock", "w") as lock:
                     fcntl.flock(lock, fcntl.LOCK_EX)
                     data = json.loads(js.read_text()) if js.exists() else {"rows": []}
                     data["rows"].append(row)
@@ -128,10 +130,10 @@ def main() -> None:
                     tmp.replace(js)
     if js.exists():
         data = json.loads(js.read_text())
-        write_report(data)
+        write_report(data, out)
 
 
-def write_report(data: dict) -> None:
+def write_report(data: dict, out: Path) -> None:
     rows, meta = data["rows"], data.get("meta", {})
     lines = ["# On-policy RL fine-tuning on Meta-World (DPPO, FPO, ReinFlow)", "",
              "Commands: " + "; ".join(f"`{c}`" for c in meta.get("commands", [])),
@@ -146,7 +148,7 @@ def write_report(data: dict) -> None:
                      f"{r['final_success']:.2f} | {r['env_steps']} | {r['env_steps_to_90'] or '-'} | "
                      f"{r['wallclock_s_to_90'] or '-'} | {r['wallclock_s']:.0f} |")
     lines += ["", "![success vs env steps](finetune_onpolicy.png)", ""]
-    (OUT / "finetune_onpolicy.md").write_text("\n".join(lines))
+    (out / "finetune_onpolicy.md").write_text("\n".join(lines))
     try:
         import matplotlib
 
@@ -170,7 +172,7 @@ def write_report(data: dict) -> None:
         ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(OUT / "finetune_onpolicy.png", dpi=110)
+    fig.savefig(out / "finetune_onpolicy.png", dpi=110)
     plt.close(fig)
 
 

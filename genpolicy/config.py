@@ -273,7 +273,7 @@ class FPOConfig:
 
 @dataclass
 class ReinFlowConfig:
-    sampler: str = "euler"  # euler (rectified flow) | shortcut
+    sampler: str = ""  # euler (rectified flow) | shortcut; empty keeps the checkpoint's (euler if it is neither)
     steps: int = 4  # K noisy Euler steps, 1 to 4 (0 keeps the checkpoint's)
     sigma_min: float = 0.05
     sigma_max: float = 0.2
@@ -284,7 +284,7 @@ class ReinFlowConfig:
     bc_w2_coef: float = 0.0  # optional: MSE to the frozen BC policy's actions from the same noise
 
     def __post_init__(self) -> None:
-        _check(self.sampler in ("euler", "shortcut"), f"reinflow.sampler must be euler|shortcut, got '{self.sampler}'")
+        _check(self.sampler in ("", "euler", "shortcut"), f"reinflow.sampler must be euler|shortcut, got '{self.sampler}'")
         _check(0 < self.sigma_min < self.sigma_max, f"reinflow needs 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
         _check(0 <= self.steps <= 64, f"reinflow.steps must be in [0, 64], got {self.steps}")
 
@@ -296,7 +296,7 @@ class FinetuneConfig:
     algo: str = "reinflow"
     ckpt: str = ""
     use_ema: bool = True
-    task: TaskConfig = field(default_factory=TaskConfig)
+    task: TaskConfig = field(default_factory=lambda: TaskConfig(name=""))  # empty name: the checkpoint's task
     ppo: PPOConfig = field(default_factory=PPOConfig)
     dppo: DPPOConfig = field(default_factory=DPPOConfig)
     fpo: FPOConfig = field(default_factory=FPOConfig)

@@ -56,6 +56,15 @@ def test_generate_info_train_eval_convert(tmp_path: Path) -> None:
     r = gp("eval", "ckpt=run/checkpoints/best", "warm_start_steps=2", "eval.n_episodes=2", "run.dir=ev3",
            "eval.n_videos=0", "run.progress=false", cwd=tmp_path)
     assert json.loads((tmp_path / "ev3" / "eval" / "eval.json").read_text())["warm_start_steps"] == 2
+    r = gp("finetune", "algo=reinflow", "ckpt=run/checkpoints/best", "task=toy/bimodal-right", "preset=toy",
+           "ppo.iterations=2", "ppo.n_envs=2", "ppo.n_steps=2", "ppo.minibatch_size=4", "eval.n_episodes=2",
+           "eval.n_envs=2", "eval.every=1", "run.dir=ft", "run.progress=false", cwd=tmp_path)
+    assert "toy/bimodal-right reinflow: success" in r.stdout
+    summary = json.loads((tmp_path / "ft" / "summary.json").read_text())
+    assert [p["iteration"] for p in summary["curve"]] == [0, 1, 2]
+    r = gp("eval", f"ckpt={summary['final_checkpoint']}", "eval.n_episodes=2", "run.dir=ev4", "eval.n_videos=0",
+           "run.progress=false", cwd=tmp_path)
+    assert "(euler, 4 steps)" in r.stdout  # the fine-tuned checkpoint evaluates on its fine-tuning grid
     gp("data", "convert", "toy.zarr", "toy_lerobot", "format=lerobot", cwd=tmp_path)
     gp("data", "convert", "toy_lerobot", "back.zarr", cwd=tmp_path)
     assert "episodes: 8" in gp("data", "info", "back.zarr", cwd=tmp_path).stdout
@@ -71,6 +80,8 @@ def test_generate_info_train_eval_convert(tmp_path: Path) -> None:
     (["data", "info", "nothing.zarr"], "nothing.zarr"),
     (["frobnicate"], "unknown command"),
     (["bench", "sampler", "methods=[nope]"], "unknown method 'nope'"),
+    (["finetune", "algo=nope", "ckpt=x"], "algo must be one of"),
+    (["finetune", "algo=dppo"], "finetune needs a BC checkpoint"),
     (["train", "task=toy/bimodal", "policy.warm_start_steps=99"], "policy.warm_start_steps (99) must be in [0, policy.steps=10)"),
 ])
 def test_bad_input_gives_one_line_error(tmp_path: Path, args: list[str], needle: str) -> None:

@@ -91,7 +91,9 @@ def train_expert(task: str, out: str | Path, cfg: SACExpertConfig, progress: boo
             loss_c.backward()
             opt_c.step()
             pi = actor(b["obs"], generator=gen)
+            critic.requires_grad_(False)  # the actor's loss flows through Q into the action only
             loss_a = (temp.alpha.detach() * pi["log_prob"] - critic(b["obs"], pi["action"]).min(0).values).mean()
+            critic.requires_grad_(True)
             opt_a.zero_grad()
             loss_a.backward()
             opt_a.step()

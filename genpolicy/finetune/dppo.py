@@ -38,7 +38,11 @@ class DPPO:
                               f"(use algo=reinflow or algo=fpo)")
         c = self.c = cfg.dppo
         d = asdict(bc.cfg)
-        d.update(sampler=c.sampler or bc.cfg.sampler, steps=c.steps or bc.cfg.steps, eta=c.eval_eta)
+        if bc.net_ft is not None:
+            raise ConfigError("this checkpoint is already DPPO-fine-tuned (ft_steps > 0); fine-tune from its BC checkpoint")
+        # rollouts start from pure noise, so evaluation must too: no warm starts, unit initial noise
+        d.update(sampler=c.sampler or bc.cfg.sampler, steps=c.steps or bc.cfg.steps, eta=c.eval_eta, warm_start_steps=0,
+                 init_noise_scale=1.0)
         if c.ft_steps > d["steps"]:
             raise ConfigError(f"dppo.ft_steps ({c.ft_steps}) must be <= the number of grid steps ({d['steps']})")
         d["ft_steps"] = c.ft_steps

@@ -36,6 +36,7 @@ class FPO:
         self.c = cfg.fpo
         d = asdict(bc.cfg)
         d["init_noise_scale"] = 0.0 if self.c.zero_noise_eval else 1.0
+        d["warm_start_steps"] = 0  # evaluation samples chunks the way rollouts do
         policy = make_policy(PolicyConfig(**d), bc.shape).to(device)
         policy.load_state_dict(bc.state_dict(), strict=True)
         policy.obs_encoder.requires_grad_(False)
@@ -83,10 +84,14 @@ class FPO:
     def loss(self, mb: dict[str, torch.Tensor]) -> dict[str, Any]:
         new = self._cfm_losses(mb)  # (M, n)
         if self.c.variant == "fpo":
-            log_ratio = (mb["old_loss"].mean(1) - new.mean(1)).clamp(-self.c.log_ratio_clamp, self.c.log_ratio_clamp)
+            log_ratio = mb["old_loss"].mean(1) - new.mean(1)  # (M,) averaged before exp
             objective = "clip"
         else:
-            log_ratio = (mb["old_loss"] - new).clamp(-self.c.log_ratio_clamp, self.c.log_ratio_clamp)  # (M, n)
+            log_ratio = mb["old_loss"] - new  # (M, n) per-sample ratios
             objective = "aspo"
+        # clamp the value but keep the gradient (straight-through): a clamped sample with a negative advantage
+        # must still feel the asymmetric penalty pulling its ratio back
+        c = self.c.log_ratio_clamp
+        log_ratio = log_ratio + (log_ratio.clamp(-c, c) - log_ratio).detach()
         return {"log_ratio": log_ratio, "clip_eps": self.eps, "objective": objective,
                 "stats": {"cfm_loss": new.mean().detach()}}

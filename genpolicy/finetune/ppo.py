@@ -265,7 +265,12 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         summary = st["summary"]
         if scaler is not None and st.get("scaler"):
             scaler.load(st["scaler"])
+            scaler.ret = None  # the episodes it summed are gone: envs restart below
         gen.set_state(torch.tensor(st["generator"], dtype=torch.uint8))
+        torch.set_rng_state(torch.tensor(st["torch_rng"], dtype=torch.uint8))
+        # resume at the iteration boundary: episodes in flight restart, with seeds that continue the sequence
+        venv.next_seed = st["env_next_seed"]
+        venv.obs = [venv._reset(e) for e in venv.envs]
     elif latest is not None:
         raise ConfigError(f"{run_dir}: already holds fine-tuning checkpoints; continue with run.resume=true or choose a new run.dir")
 
@@ -287,7 +292,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     def save(it: int) -> Path:
         state = {"iteration": it, "env_steps": env_steps, "curve": curve, "wallclock_s": time.time() - t_start,
                  "summary": summary, "scaler": scaler.state() if scaler else None,
-                 "generator": gen.get_state().tolist()}
+                 "generator": gen.get_state().tolist(), "torch_rng": torch.get_rng_state().tolist(),
+                 "env_next_seed": venv.next_seed}
         path = save_checkpoint(ckpt_root / f"it_{it:06d}", policy, saved_cfg, it, trainer_state=state,
                                modules=modules, optimizers=optimizers)
         for old in sorted(ckpt_root.glob("it_*"))[:-2]:  # keep the last two

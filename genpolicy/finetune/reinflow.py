@@ -62,7 +62,8 @@ class ReinFlow:
                               f"(use algo=dppo)")
         c = self.c = cfg.reinflow
         d = asdict(bc.cfg)
-        d.update(sampler=c.sampler, steps=c.steps or bc.cfg.steps, warm_start_steps=0)
+        sampler = c.sampler or (bc.cfg.sampler if bc.cfg.sampler in ("euler", "shortcut") else "euler")
+        d.update(sampler=sampler, steps=c.steps or bc.cfg.steps, warm_start_steps=0, init_noise_scale=1.0)
         policy = make_policy(PolicyConfig(**d), bc.shape).to(device)  # validates e.g. shortcut needs 2^n steps
         policy.load_state_dict(bc.state_dict(), strict=True)
         policy.obs_encoder.requires_grad_(False)

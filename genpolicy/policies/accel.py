@@ -123,7 +123,7 @@ class BucketedSampler:
         def cast_body() -> torch.Tensor:
             if dtype is None or dtype == torch.float32:
                 return body()
-            with torch.autocast("cuda", dtype=dtype):
+            with torch.autocast("cuda", dtype=dtype, cache_enabled=False):  # required inside graph capture
                 return body().float()
 
         with torch.inference_mode():

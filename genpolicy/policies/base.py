@@ -236,9 +236,10 @@ class GenerativePolicy(nn.Module):
         warm = self.cfg.warm_start_steps
         if prev is not None and warm > 0:
             ta = self.cfg.n_action_steps
-            tail = self.normalize_actions(prev.to(cond.device).float())[:, ta:]  # (B, H-Ta, Da)
+            prev_n = self.normalize_actions(prev.to(cond.device).float())  # (B, H, Da)
+            tail = prev_n[:, ta:]  # (B, H-Ta, Da)
             shifted = torch.cat([tail, tail[:, -1:].expand(-1, ta, -1)], dim=1) if tail.shape[1] else \
-                self.normalize_actions(prev.float())[:, -1:].expand(-1, self.cfg.horizon, -1)
+                prev_n[:, -1:].expand(-1, self.cfg.horizon, -1)
             start = self.cfg.steps - warm
             x = self.sample(cond, noise=self.renoise(shifted, start, generator), generator=generator, start=start)
         else:

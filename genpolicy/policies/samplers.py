@@ -51,7 +51,10 @@ class Grid:
         """A per-step table as a float32 tensor on `device` (cached)."""
         key = f"{name}@{device}"
         if key not in self._tensors:
-            vals = {"std": self.std, "eval_t": self.eval_t, "eval_d": self.eval_d}.get(name) or self.coef[name]
+            tables = {"std": self.std, "eval_t": self.eval_t, "eval_d": self.eval_d, **self.coef}
+            vals = tables.get(name)
+            if vals is None:
+                raise KeyError(f"grid '{self.method}' has no table '{name}'")
             self._tensors[key] = torch.tensor(vals, dtype=torch.float32, device=device)
         return self._tensors[key]
 
