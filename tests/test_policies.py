@@ -201,7 +201,8 @@ def test_ddim_trailing_spacing_matches_diffusers_for_few_steps() -> None:
 
     p = _policy(type="diffusion", sampler="ddim", steps=4, timestep_spacing="trailing")
     sched = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", clip_sample=True,
-                          set_alpha_to_one=True, steps_offset=0, timestep_spacing="trailing")
+                          set_alpha_to_one=True, steps_offset=0, timestep_spacing="trailing",
+                          prediction_type=p.cfg.prediction)
     with torch.no_grad():
         cond = p.encode(_obs())
         ref = _diffusers_loop(p, sched, cond, gen_seed=9, eta=0.0)
