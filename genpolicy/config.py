@@ -282,8 +282,10 @@ class ReinFlowConfig:
     entropy_coef: float = 0.01
     randn_clip: float = 3.0
     bc_w2_coef: float = 0.0  # optional: MSE to the frozen BC policy's actions from the same noise
+    likelihood_rows: str = "executed"  # executed (Ta rows, as the reference) | all (the whole sampled chunk)
 
     def __post_init__(self) -> None:
+        _check(self.likelihood_rows in ("executed", "all"), f"reinflow.likelihood_rows must be executed|all, got '{self.likelihood_rows}'")
         _check(self.sampler in ("", "euler", "shortcut"), f"reinflow.sampler must be euler|shortcut, got '{self.sampler}'")
         _check(0 < self.sigma_min < self.sigma_max, f"reinflow needs 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
         _check(0 <= self.steps <= 64, f"reinflow.steps must be in [0, 64], got {self.steps}")

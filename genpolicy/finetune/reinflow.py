@@ -68,7 +68,9 @@ class ReinFlow:
         policy.load_state_dict(bc.state_dict(), strict=True)
         policy.obs_encoder.requires_grad_(False)
         self.policy = policy
-        self.K, self.Ta, self.Da = policy.cfg.steps, policy.cfg.n_action_steps, policy.shape.action_dim
+        self.K, self.Da = policy.cfg.steps, policy.shape.action_dim
+        # rows of the chunk in the likelihood: the executed Ta (the reference's choice) or all H
+        self.Ta = policy.cfg.horizon if c.likelihood_rows == "all" else policy.cfg.n_action_steps
         self.noise = NoiseNet(policy.obs_encoder.out_dim, self.K, policy.cfg.horizon, self.Da, c).to(device)
         self.ref = frozen_copy(policy) if c.bc_w2_coef > 0 else None
         self.eps = cfg.ppo.clip_eps
