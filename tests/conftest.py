@@ -20,6 +20,17 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
+def fitted_tiny_policy(state_dim: int = 5, action_dim: int = 3, **kw):
+    """A tiny policy (cfg overrides in kw) with a fitted normaliser, in eval mode, seeded."""
+    from genpolicy.policies import ShapeMeta, make_policy
+
+    torch.manual_seed(0)
+    p = make_policy(tiny_policy_cfg(**kw), ShapeMeta(state_dim=state_dim, action_dim=action_dim))
+    p.normalizer.fit({"state": np.random.default_rng(0).normal(size=(100, state_dim)),
+                      "action": np.random.default_rng(1).uniform(-2, 3, size=(100, action_dim))})
+    return p.eval()
+
+
 def tiny_policy_cfg(**kw):
     from genpolicy.config import PolicyConfig
 

@@ -6,19 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from genpolicy.policies import ShapeMeta, make_policy
+from genpolicy.policies import ShapeMeta
 from genpolicy.policies.samplers import gaussian_log_prob
-from tests.conftest import tiny_policy_cfg
+from tests.conftest import fitted_tiny_policy, tiny_policy_cfg
 
 SHAPE = ShapeMeta(state_dim=5, action_dim=3)
 
 
 def _policy(**kw):
-    torch.manual_seed(0)
-    p = make_policy(tiny_policy_cfg(**kw), SHAPE)
-    p.normalizer.fit({"state": np.random.default_rng(0).normal(size=(100, 5)),
-                      "action": np.random.default_rng(1).uniform(-2, 3, size=(100, 3))})
-    return p.eval()
+    return fitted_tiny_policy(**kw)
 
 
 def _obs(b: int = 4) -> dict[str, torch.Tensor]:

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from genpolicy.policies import ShapeMeta, make_policy
+from genpolicy.policies import ShapeMeta
 from genpolicy.policies.accel import BucketedSampler
 from genpolicy.policies.samplers import NetDenoiser, draw_step_noise, run
-from tests.conftest import tiny_policy_cfg
+from tests.conftest import fitted_tiny_policy
 
 SHAPE = ShapeMeta(state_dim=5, action_dim=3)
 GRIDS = [("diffusion", "ddim", 5, 0.0), ("diffusion", "ddim", 5, 0.6), ("diffusion", "ddpm", 5, 0.0),
@@ -18,11 +18,7 @@ GRIDS = [("diffusion", "ddim", 5, 0.0), ("diffusion", "ddim", 5, 0.6), ("diffusi
 
 
 def _policy(**kw):
-    torch.manual_seed(0)
-    p = make_policy(tiny_policy_cfg(**kw), SHAPE)
-    p.normalizer.fit({"state": np.random.default_rng(0).normal(size=(100, 5)),
-                      "action": np.random.default_rng(1).uniform(-2, 3, size=(100, 3))})
-    return p.eval()
+    return fitted_tiny_policy(**kw)
 
 
 def _inputs(p, b: int = 4, seed: int = 0):

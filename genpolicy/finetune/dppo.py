@@ -17,40 +17,29 @@ steps, Da action dim, Dc conditioning dim.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import torch
 from torch import nn
 
-from genpolicy.config import FinetuneConfig, PolicyConfig
+from genpolicy.config import FinetuneConfig
 from genpolicy.errors import ConfigError
-from genpolicy.finetune.ppo import clip_schedule, frozen_copy
-from genpolicy.policies import make_policy
+from genpolicy.finetune.ppo import clip_schedule, frozen_copy, policy_for_finetuning
 from genpolicy.policies.base import GenerativePolicy
 from genpolicy.policies.samplers import diffusion_grid, gaussian_log_prob, grid_step, run
 
 
 class DPPO:
     def __init__(self, bc: GenerativePolicy, cfg: FinetuneConfig, device: torch.device) -> None:
-        if bc.cfg.type != "diffusion":
-            raise ConfigError(f"algo=dppo fine-tunes diffusion policies; this checkpoint is a '{bc.cfg.type}' policy "
-                              f"(use algo=reinflow or algo=fpo)")
         c = self.c = cfg.dppo
-        d = asdict(bc.cfg)
         if bc.net_ft is not None:
             raise ConfigError("this checkpoint is already DPPO-fine-tuned (ft_steps > 0); fine-tune from its BC checkpoint")
-        # rollouts start from pure noise, so evaluation must too: no warm starts, unit initial noise
-        d.update(sampler=c.sampler or bc.cfg.sampler, steps=c.steps or bc.cfg.steps, eta=c.eval_eta, warm_start_steps=0,
-                 init_noise_scale=1.0)
-        if c.ft_steps > d["steps"]:
-            raise ConfigError(f"dppo.ft_steps ({c.ft_steps}) must be <= the number of grid steps ({d['steps']})")
-        d["ft_steps"] = c.ft_steps
-        policy = make_policy(PolicyConfig(**d), bc.shape).to(device)
-        missing = policy.load_state_dict(bc.state_dict(), strict=False)
-        assert all(k.startswith("net_ft.") for k in missing.missing_keys) and not missing.unexpected_keys
+        steps = c.steps or bc.cfg.steps
+        if c.ft_steps > steps:
+            raise ConfigError(f"dppo.ft_steps ({c.ft_steps}) must be <= the number of grid steps ({steps})")
+        policy = policy_for_finetuning(bc, "dppo", "diffusion", device, sampler=c.sampler or bc.cfg.sampler,
+                                       steps=steps, eta=c.eval_eta, ft_steps=c.ft_steps)
         policy.net_ft.load_state_dict(policy.net.state_dict())  # type: ignore[union-attr]
-        policy.obs_encoder.requires_grad_(False)
         self.policy = policy
         self.K, self.Kft, self.Ta = policy.cfg.steps, c.ft_steps, policy.cfg.n_action_steps
         self.first_ft = self.K - self.Kft  # grid index of the first fine-tuned step

@@ -15,32 +15,25 @@ Shapes: N envs, M minibatch, n N_mc pairs, H horizon, Ta executed steps, Da acti
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import torch
 from torch import nn
 
-from genpolicy.config import FinetuneConfig, PolicyConfig
+from genpolicy.config import FinetuneConfig
 from genpolicy.errors import ConfigError
-from genpolicy.policies import make_policy
+from genpolicy.finetune.ppo import policy_for_finetuning
 from genpolicy.policies.base import GenerativePolicy
 
 
 class FPO:
     def __init__(self, bc: GenerativePolicy, cfg: FinetuneConfig, device: torch.device) -> None:
-        if bc.cfg.type != "flow":
-            raise ConfigError(f"algo=fpo fine-tunes flow policies; this checkpoint is a '{bc.cfg.type}' policy (use algo=dppo)")
         if bc.cfg.sampler == "adaptive":
             raise ConfigError("algo=fpo needs a fixed-grid rollout sampler; set the checkpoint's sampler (e.g. euler)")
         self.c = cfg.fpo
-        d = asdict(bc.cfg)
-        d["init_noise_scale"] = 0.0 if self.c.zero_noise_eval else 1.0
-        d["warm_start_steps"] = 0  # evaluation samples chunks the way rollouts do
-        policy = make_policy(PolicyConfig(**d), bc.shape).to(device)
-        policy.load_state_dict(bc.state_dict(), strict=True)
-        policy.obs_encoder.requires_grad_(False)
-        self.policy = policy
+        self.policy = policy_for_finetuning(bc, "fpo", "flow", device,
+                                            init_noise_scale=0.0 if self.c.zero_noise_eval else 1.0)
+        policy = self.policy
         self.Ta, self.eps = policy.cfg.n_action_steps, cfg.ppo.clip_eps
 
     def actor_parameters(self) -> list[nn.Parameter]:

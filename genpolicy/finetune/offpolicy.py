@@ -13,6 +13,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from genpolicy.policies.networks.common import layernorm_mlp
+
 
 class Replay:
     """A ring buffer of (obs, action, reward, next_obs, terminated) on one device."""
@@ -44,16 +46,7 @@ class QEnsemble(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, n: int = 2, width: int = 256, depth: int = 2) -> None:
         super().__init__()
-
-        def mlp() -> nn.Sequential:
-            layers: list[nn.Module] = []
-            d = obs_dim + act_dim
-            for _ in range(depth):
-                layers += [nn.Linear(d, width), nn.LayerNorm(width), nn.ReLU()]
-                d = width
-            return nn.Sequential(*layers, nn.Linear(d, 1))
-
-        self.qs = nn.ModuleList([mlp() for _ in range(n)])
+        self.qs = nn.ModuleList([layernorm_mlp(obs_dim + act_dim, width, depth, nn.ReLU, out_dim=1) for _ in range(n)])
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, action], -1)
@@ -95,13 +88,8 @@ class TanhGaussianActor(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, width: int = 256, depth: int = 2) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        d = obs_dim
-        for _ in range(depth):
-            layers += [nn.Linear(d, width), nn.LayerNorm(width), nn.ReLU()]
-            d = width
-        self.body = nn.Sequential(*layers)
-        self.mu, self.log_std = nn.Linear(d, act_dim), nn.Linear(d, act_dim)
+        self.body = layernorm_mlp(obs_dim, width, depth, nn.ReLU)
+        self.mu, self.log_std = nn.Linear(width, act_dim), nn.Linear(width, act_dim)
 
     def forward(self, obs: torch.Tensor, deterministic: bool = False,
                 generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:

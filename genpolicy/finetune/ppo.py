@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,10 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from genpolicy.config import FinetuneConfig, PPOConfig
+from genpolicy.config import FinetuneConfig, PolicyConfig, PPOConfig
 from genpolicy.errors import ConfigError, DataError
 from genpolicy.finetune.rollout import RewardScaler, Rollout, VecChunkEnv, collect
+from genpolicy.policies import make_policy
 from genpolicy.policies.base import GenerativePolicy
+from genpolicy.policies.networks.common import layernorm_mlp
 
 
 class OnPolicyAlgo(Protocol):
@@ -76,13 +79,7 @@ class ValueNet(nn.Module):
 
     def __init__(self, in_dim: int, width: int = 256, depth: int = 3) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        d = in_dim
-        for _ in range(depth):
-            layers += [nn.Linear(d, width), nn.LayerNorm(width), nn.Mish()]
-            d = width
-        layers.append(nn.Linear(d, 1))
-        self.net = nn.Sequential(*layers)
+        self.net = layernorm_mlp(in_dim, width, depth, nn.Mish, out_dim=1)
 
     def forward(self, cond: torch.Tensor) -> torch.Tensor:
         return self.net(cond).squeeze(-1)  # (B,)
@@ -297,8 +294,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         path = save_checkpoint(ckpt_root / f"it_{it:06d}", policy, saved_cfg, it, trainer_state=state,
                                modules=modules, optimizers=optimizers)
         for old in sorted(ckpt_root.glob("it_*"))[:-2]:  # keep the last two
-            import shutil
-
             shutil.rmtree(old, ignore_errors=True)
         return path
 
@@ -352,6 +347,26 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                     "run_dir": str(run_dir), "final_checkpoint": str(last_path) if last_path else None})
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def policy_for_finetuning(bc: GenerativePolicy, algo: str, family: str, device: torch.device,
+                          **changes: Any) -> GenerativePolicy:
+    """The policy an algorithm fine-tunes: the BC weights under `changes` to the config, with the observation encoder
+    frozen. Rollouts start from pure noise, so by default evaluation does too (no warm start, unit initial noise).
+    Weights the BC checkpoint lacks (DPPO's `net_ft`) must be filled in by the caller."""
+    if bc.cfg.type != family:
+        other = "dppo" if family == "flow" else "reinflow or algo=fpo"
+        raise ConfigError(f"algo={algo} fine-tunes {family} policies; this checkpoint is a '{bc.cfg.type}' policy "
+                          f"(use algo={other})")
+    d = asdict(bc.cfg)
+    d.update({"warm_start_steps": 0, "init_noise_scale": 1.0, **changes})
+    policy = make_policy(PolicyConfig(**d), bc.shape).to(device)  # validates, e.g. shortcut needs 2^n steps
+    result = policy.load_state_dict(bc.state_dict(), strict=False)
+    extra = [k for k in result.missing_keys if not k.startswith("net_ft.")]
+    if extra or result.unexpected_keys:
+        raise ConfigError(f"algo={algo}: the checkpoint's weights do not fit ({(extra + result.unexpected_keys)[:3]})")
+    policy.obs_encoder.requires_grad_(False)
+    return policy
 
 
 def frozen_copy(policy: GenerativePolicy) -> GenerativePolicy:

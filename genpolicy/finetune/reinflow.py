@@ -16,16 +16,13 @@ Shapes: N envs, M minibatch, K steps, H horizon, Ta executed steps, Da action di
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from typing import Any
 
 import torch
 from torch import nn
 
-from genpolicy.config import FinetuneConfig, PolicyConfig, ReinFlowConfig
-from genpolicy.errors import ConfigError
-from genpolicy.finetune.ppo import frozen_copy
-from genpolicy.policies import make_policy
+from genpolicy.config import FinetuneConfig, ReinFlowConfig
+from genpolicy.finetune.ppo import frozen_copy, policy_for_finetuning
 from genpolicy.policies.base import GenerativePolicy
 from genpolicy.policies.samplers import gaussian_log_prob, grid_step
 
@@ -57,16 +54,9 @@ class NoiseNet(nn.Module):
 
 class ReinFlow:
     def __init__(self, bc: GenerativePolicy, cfg: FinetuneConfig, device: torch.device) -> None:
-        if bc.cfg.type != "flow":
-            raise ConfigError(f"algo=reinflow fine-tunes flow policies; this checkpoint is a '{bc.cfg.type}' policy "
-                              f"(use algo=dppo)")
         c = self.c = cfg.reinflow
-        d = asdict(bc.cfg)
         sampler = c.sampler or (bc.cfg.sampler if bc.cfg.sampler in ("euler", "shortcut") else "euler")
-        d.update(sampler=sampler, steps=c.steps or bc.cfg.steps, warm_start_steps=0, init_noise_scale=1.0)
-        policy = make_policy(PolicyConfig(**d), bc.shape).to(device)  # validates e.g. shortcut needs 2^n steps
-        policy.load_state_dict(bc.state_dict(), strict=True)
-        policy.obs_encoder.requires_grad_(False)
+        policy = policy_for_finetuning(bc, "reinflow", "flow", device, sampler=sampler, steps=c.steps or bc.cfg.steps)
         self.policy = policy
         self.K, self.Da = policy.cfg.steps, policy.shape.action_dim
         # rows of the chunk in the likelihood: the executed Ta (the reference's choice) or all H

@@ -58,3 +58,16 @@ def cond_table(layer: nn.Linear, temb: torch.Tensor, cond: torch.Tensor) -> torc
     """layer(cat(temb_e, cond_b)) for every evaluation e and row b: (E, B, out), computed in two small matmuls."""
     w_t, w_c = split_linear(layer, [temb.shape[1], cond.shape[1]])
     return (temb @ w_t.t()).unsqueeze(1) + torch.addmm(layer.bias, cond, w_c.t()).unsqueeze(0)
+
+
+def layernorm_mlp(in_dim: int, width: int, depth: int, act: type[nn.Module] = nn.Mish,
+                  out_dim: int | None = None) -> nn.Sequential:
+    """depth x (Linear, LayerNorm, act), then a Linear to out_dim when given: critics, value nets, actors."""
+    layers: list[nn.Module] = []
+    d = in_dim
+    for _ in range(depth):
+        layers += [nn.Linear(d, width), nn.LayerNorm(width), act()]
+        d = width
+    if out_dim is not None:
+        layers.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*layers)
