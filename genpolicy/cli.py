@@ -10,6 +10,8 @@
     genpolicy envs list
     genpolicy finetune algo=reinflow ckpt=runs/<bc run>/checkpoints/best task=toy/bimodal-right preset=toy
     genpolicy bench sampler [nets=[mlp] batches=[1] compiled=false out=benchmarks/results]
+    genpolicy serve ckpt=runs/<run>/checkpoints/best [serve.port=8765 serve.token=...]
+    genpolicy deploy ckpt=runs/<run>/checkpoints/best robot=sim [n_episodes=5 inference=thread|process|remote]
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def _register() -> None:
         return
     from hydra.core.config_store import ConfigStore
 
-    from genpolicy.config import DataCommandConfig, EvalCommandConfig, FinetuneConfig, TaskConfig, TrainConfig
+    from genpolicy.config import (DataCommandConfig, DeployConfig, EvalCommandConfig, FinetuneConfig, ServeCommandConfig,
+                                  TaskConfig, TrainConfig)
     from genpolicy.envs.registry import list_tasks
 
     cs = ConfigStore.instance()
@@ -40,6 +43,8 @@ def _register() -> None:
     cs.store(name="eval_schema", node=EvalCommandConfig)
     cs.store(name="data_schema", node=DataCommandConfig)
     cs.store(name="finetune_schema", node=FinetuneConfig)
+    cs.store(name="deploy_schema", node=DeployConfig)
+    cs.store(name="serve_schema", node=ServeCommandConfig)
     from genpolicy.bench import BenchSamplerConfig
 
     cs.store(name="bench_sampler_schema", node=BenchSamplerConfig)
@@ -229,8 +234,34 @@ def cmd_bench(args: list[str]) -> int:
     return 0
 
 
+def cmd_serve(args: list[str]) -> int:
+    from genpolicy.config import ServeCommandConfig
+    from genpolicy.real_robot.deploy import serve
+
+    _, overrides = _split_args(args)
+    serve(compose("serve", overrides, ServeCommandConfig))
+    return 0
+
+
+def cmd_deploy(args: list[str]) -> int:
+    from genpolicy.config import DeployConfig
+    from genpolicy.real_robot.deploy import deploy
+
+    _, overrides = _split_args(args)
+    res = deploy(compose("deploy", overrides, DeployConfig))
+    c = res["clamps"]
+    print(f"run: {res['run_dir']}")
+    print(f"{res['task']} on robot={res['robot']} at {res['rate_hz']:.0f} Hz: success_rate={res['success_rate']:.2f} over "
+          f"{res['n_episodes']} episodes (success = {res['success_definition']})")
+    print(f"inference latency p50 {res['latency_ms_p50']} ms, overruns {res['overruns']}, safety: "
+          + ", ".join(f"{k}={v}" for k, v in c.items()))
+    if res["dataset"]:
+        print(f"recorded: {res['dataset']} (LeRobot v3)")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "envs": cmd_envs, "demo": cmd_demo,
-            "finetune": cmd_finetune, "bench": cmd_bench}
+            "finetune": cmd_finetune, "bench": cmd_bench, "serve": cmd_serve, "deploy": cmd_deploy}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

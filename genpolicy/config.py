@@ -365,3 +365,114 @@ def policy_config_from_dict(d: dict[str, Any], source: str) -> PolicyConfig:
     if extra:
         raise ConfigError(f"{source}: unknown policy keys {extra}")
     return PolicyConfig(**d)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# deployment: genpolicy serve / genpolicy deploy
+# ----------------------------------------------------------------------------------------------------------------------
+@dataclass
+class SafetyConfig:
+    """The safety filter (genpolicy/real_robot/safety.py). On by default. Limits are fractions of each action dim's
+    declared range, so one config is meaningful across robots; 0 turns a stage off (the finite check never is)."""
+
+    enabled: bool = True
+    margin: float = 0.02  # position limits = declared range shrunk by this fraction at each end
+    max_delta: Any = 0.25  # per-step clamp against the measured position (robots that report one)
+    max_velocity: Any = 12.0  # range fractions per second against the last sent action (12/s = 0.4 per step at 30 Hz)
+    workspace_dims: list[int] = field(default_factory=list)  # optional box on these action dims (robot units)
+    workspace_low: list[float] = field(default_factory=list)
+    workspace_high: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.margin < 0.5, f"safety.margin must be in [0, 0.5), got {self.margin}")
+
+
+@dataclass
+class ControllerConfig:
+    """The fixed-rate control loop (genpolicy/real_robot/controller.py)."""
+
+    rate_hz: float = 30.0
+    blending: str = "blend"  # latest (switch at arrival) | blend (cross-fade over blend_steps) | ensemble (ACT weights)
+    blend_steps: int = 4
+    ensemble_k: float = 0.01  # ACT temporal-ensembling weight exp(-k * i), i = 0 for the oldest chunk
+    latency_handling: bool = True  # drop actions whose time has passed (chunks are stamped with their observation step)
+    request_every: int = 0  # ask for a new chunk every this many steps; 0 = the policy's n_action_steps
+    hold_after: int = 2  # periods without a valid action before the hold command is sent
+    stop_after_s: float = 1.0  # without a valid action this long, the episode ends in the safe state
+    max_steps: int = 0  # per episode; 0 = the task's max_episode_steps
+
+    def __post_init__(self) -> None:
+        _check(0 < self.rate_hz <= 1000, f"controller.rate_hz must be in (0, 1000], got {self.rate_hz}")
+        _check(self.blending in ("latest", "blend", "ensemble"),
+               f"controller.blending must be latest|blend|ensemble, got '{self.blending}'")
+        _check(self.blend_steps >= 1 and self.hold_after >= 1 and self.stop_after_s > 0,
+               "controller.blend_steps and hold_after must be >= 1 and stop_after_s > 0")
+
+
+@dataclass
+class RobotConfig:
+    """Which robot. `sim`: a toolkit task advanced in real time at the control rate, with injectable faults."""
+
+    type: str = "sim"  # sim | lerobot_sim (the sim robot behind LeRobot's Robot API, through our adapter)
+    task: str = ""  # sim: the task; empty = the checkpoint's
+    obs_latency_ms: float = 0.0  # sim: observations are this old
+    obs_jitter_ms: float = 0.0  # sim: + uniform [0, jitter) extra age
+    drop_prob: float = 0.0  # sim: probability that get_observation returns the previous (stale) observation
+    max_action_rate: float = 0.0  # sim actuator: max change of the applied command per control period (0 = none)
+
+    def __post_init__(self) -> None:
+        _check(self.type in ("sim", "lerobot_sim"), f"robot.type must be sim|lerobot_sim, got '{self.type}'")
+        _check(0 <= self.drop_prob < 1, f"robot.drop_prob must be in [0, 1), got {self.drop_prob}")
+
+
+@dataclass
+class ServeConfig:
+    """The policy server (genpolicy/real_robot/server.py). Loopback by default; no pickle on the wire."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765  # 0 = any free port (printed at start)
+    token: str = ""  # required from clients when set; required when host is not loopback
+    codec: str = "msgpack"  # msgpack | safetensors (responses use the codec of the request)
+    max_bytes: int = 64 * 2**20  # frame size cap, both directions
+    deadline_ms: float = 1000.0  # client: every call; server: time allowed to receive one frame
+    warmup: bool = True  # run one inference before accepting connections
+
+    def __post_init__(self) -> None:
+        _check(self.codec in ("msgpack", "safetensors"), f"serve.codec must be msgpack|safetensors, got '{self.codec}'")
+        _check(0 <= self.port < 65536, f"serve.port must be in [0, 65536), got {self.port}")
+        _check(1024 <= self.max_bytes <= 2**31 - 1, f"serve.max_bytes must be in [1 KiB, 2 GiB), got {self.max_bytes}")
+        _check(self.deadline_ms > 0, f"serve.deadline_ms must be > 0, got {self.deadline_ms}")
+
+
+@dataclass
+class ServeCommandConfig:
+    """`genpolicy serve ckpt=...`."""
+
+    ckpt: str = ""
+    use_ema: bool = True
+    serve: ServeConfig = field(default_factory=lambda: ServeConfig(port=8765))
+
+
+@dataclass
+class DeployConfig:
+    """`genpolicy deploy ckpt=... robot=sim`: run episodes end to end, record them as a LeRobot v3 dataset."""
+
+    ckpt: str = ""
+    use_ema: bool = True
+    robot: RobotConfig = field(default_factory=RobotConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    inference: str = "thread"  # thread (in this process, off the loop) | process (a local `genpolicy serve`) | remote
+    server: str = ""  # inference=remote: host:port of a running `genpolicy serve`
+    serve: ServeConfig = field(default_factory=lambda: ServeConfig(port=0))  # client settings (token, codec, deadline)
+    inject_latency_ms: float = 0.0  # extra delay before each chunk is handed to the controller (latency studies)
+    n_episodes: int = 5
+    seed: int = 100_000  # episode seeds seed, seed+1, ... (held out from training seeds)
+    record: bool = True  # write every episode to run_dir/dataset (LeRobot v3) after it ends
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.inference in ("thread", "process", "remote"),
+               f"inference must be thread|process|remote, got '{self.inference}'")
+        _check(self.inference != "remote" or ":" in self.server, "inference=remote needs server=<host>:<port>")
+        _check(self.n_episodes >= 1, f"n_episodes must be >= 1, got {self.n_episodes}")

@@ -70,11 +70,13 @@ def export_arrays(
     vcodec: str = "h264",
     robot_type: str | None = None,
     image_writer_threads: int = 4,
+    extra_keys: tuple[str, ...] = (),
 ) -> None:
     """Write a LeRobotDataset v3 at ``out_dir`` with ``LeRobotDataset.create(..., root=out_dir)``.
 
     Mapping: ``state`` -> ``observation.state``, ``action`` -> ``action``,
-    ``image.<cam>`` -> ``observation.images.<cam>``.  Other keys are skipped with a warning.
+    ``image.<cam>`` -> ``observation.images.<cam>``; keys in ``extra_keys`` (numeric (N,) or (N, D)) are stored
+    verbatim as float32 features under their own names.  Other keys are skipped with a warning.
 
     Images are stored with dtype ``"image"`` (PNG bytes embedded in the data parquet) by
     default: PNG is lossless, so ``import_lerobot`` returns the identical uint8 pixels.
@@ -143,6 +145,10 @@ def export_arrays(
             }
             # add_frame validates against the declared (H, W, 3) shape -> give it HWC.
             columns[lkey] = np.ascontiguousarray(arr.transpose(0, 2, 3, 1))
+        elif key in extra_keys:
+            col = arr.reshape(n, -1).astype(np.float32)
+            features[key] = {"dtype": "float32", "shape": (col.shape[1],), "names": None}
+            columns[key] = np.ascontiguousarray(col)
         else:
             skipped.append(key)
     if skipped:

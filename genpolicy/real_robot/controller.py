@@ -1,0 +1,169 @@
+"""The fixed-rate controller: observe, schedule, filter, send; inference runs off the loop.
+
+Each tick (RateTimer on a monotonic clock):
+  1. read the observation and push it into the To-step history;
+  2. take finished chunks from the inference worker and stamp them into the action schedule;
+  3. ask for a new chunk every `request_every` steps (never waiting for it);
+  4. pick this step's action (blended/ensembled). Without a valid one, the last command bridges up to `hold_after`
+     periods, then the hold command is sent; after `stop_after_s` the episode ends in the safe state;
+  5. the safety filter; send; record.
+Shutdown always sends the hold command (try/finally), even when the loop body raised.
+
+Shapes: To = n_obs_steps, Da = action dim.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from genpolicy.config import ControllerConfig
+from genpolicy.real_robot.clock import CadenceReport, Clock, RateTimer
+from genpolicy.real_robot.inference import InferenceResult, PolicySpec
+from genpolicy.real_robot.robot import Robot
+from genpolicy.real_robot.safety import STAGES, SafetyFilter
+from genpolicy.real_robot.schedule import ActionSchedule
+
+
+class Inference(Protocol):
+    busy: bool
+    errors: int
+    latencies: list[float]
+
+    def submit(self, obs_step: int, obs: dict[str, np.ndarray]) -> bool: ...
+
+    def poll(self) -> list[InferenceResult]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class EpisodeReport:
+    """What happened in one episode (named results; `frames` is what the recorder stores)."""
+
+    steps: int
+    status: str  # done (should_stop said so) | max_steps | safe_stop (no valid action for stop_after_s)
+    cadence: CadenceReport
+    held_ticks: int  # ticks on which the hold command was sent
+    late_dropped: int  # chunk actions dropped because their time had passed
+    inference_errors: int
+    chunks: int
+    max_boundary_jump: float  # largest |a_t - a_{t-1}| (inf-norm, sent actions) where the owning chunk changed
+    clamps: dict[str, int]
+    frames: dict[str, list] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k not in ("frames", "cadence")}
+        return d | {"cadence": self.cadence.as_dict()}
+
+
+class Controller:
+    def __init__(self, robot: Robot, inference: Inference, safety: SafetyFilter, spec: PolicySpec,
+                 cfg: ControllerConfig, clock: Clock) -> None:
+        self.robot, self.inference, self.safety, self.spec, self.cfg, self.clock = robot, inference, safety, spec, cfg, clock
+        self.request_every = cfg.request_every or spec.n_action_steps
+        self.keys = ["state"] + [f"image.{c}" for c in spec.cameras]
+
+    def _window(self, hist: deque) -> dict[str, np.ndarray]:
+        return {k: np.stack([o[k] for o in hist]) for k in self.keys}  # {key: (To, ...)}
+
+    def run_episode(self, max_steps: int, should_stop: Callable[[], bool] = lambda: False,
+                    record: bool = True) -> EpisodeReport:
+        """Drive the robot until `should_stop()`, `max_steps` ticks, or the safe stop. Always ends with a hold."""
+        cfg = self.cfg
+        timer = RateTimer(cfg.rate_hz, self.clock)
+        sched = ActionSchedule(cfg.blending, cfg.blend_steps, cfg.ensemble_k, cfg.latency_handling)
+        hist: deque = deque(maxlen=self.spec.n_obs_steps)
+        frames: dict[str, list] = {k: [] for k in (*self.keys, "action", "policy_action", "held", "clamped",
+                                                   "lateness_ms", "t")}
+        self.safety.reset()
+        for r in self.inference.poll():  # results of a previous episode must not leak in
+            pass
+        errors0, counts0 = self.inference.errors, dict(self.safety.counts)
+        last_request, invalid_since, gap, held, chunks, status = -10**9, None, 0, 0, 0, "max_steps"
+        prev_sent, prev_owner, max_jump = None, None, 0.0
+        t_start = self.clock.now()
+        step = 0
+        try:
+            while True:
+                step = timer.wait()
+                if step >= max_steps:
+                    break
+                obs = self.robot.get_observation()
+                if not hist:
+                    hist.extend([obs] * self.spec.n_obs_steps)
+                else:
+                    hist.append(obs)
+                for res in self.inference.poll():
+                    if res.actions is not None:
+                        sched.add(res.actions, res.obs_step, step)
+                        chunks += 1
+                sched.prune(step)
+                if not self.inference.busy and step - last_request >= self.request_every:
+                    if self.inference.submit(step, self._window(hist)):
+                        last_request = step
+                pick = sched.action_at(step)
+                valid = pick is not None and bool(np.all(np.isfinite(pick.action)))
+                now = self.clock.now()
+                if valid:
+                    invalid_since, gap = None, 0
+                    proposal = pick.action
+                else:
+                    invalid_since = now if invalid_since is None else invalid_since
+                    gap += 1
+                    if now - invalid_since >= cfg.stop_after_s:
+                        status = "safe_stop"
+                        break
+                    if pick is not None:
+                        proposal = pick.action  # non-finite: the filter replaces it with the hold and counts it
+                    elif prev_sent is not None and gap <= cfg.hold_after:
+                        proposal = prev_sent  # bridge a short gap with the last command
+                    else:
+                        proposal = None  # the hold command
+                hold = self.robot.hold_action()
+                if proposal is None:
+                    out, is_hold, clamped = self.safety(hold, hold, self.robot.present_action()), True, None
+                else:
+                    out = self.safety(proposal, hold, self.robot.present_action())
+                    is_hold, clamped = out.held, out.clamped
+                held += int(is_hold)
+                sent = self.robot.send_action(out.action)
+                owner = pick.chunk if valid else None
+                if prev_sent is not None and owner is not None and prev_owner is not None and owner != prev_owner:
+                    max_jump = max(max_jump, float(np.max(np.abs(sent - prev_sent))))
+                prev_sent, prev_owner = sent, (owner if owner is not None else prev_owner)
+                if record:
+                    self._record(frames, obs, sent, None if proposal is None else proposal, (is_hold, clamped), timer,
+                                 now - t_start)
+                if should_stop():
+                    status = "done"
+                    break
+        finally:
+            self._hold_safely()
+        return EpisodeReport(steps=min(step, max_steps), status=status, cadence=timer.report(), held_ticks=held,
+                             late_dropped=sched.late_dropped, inference_errors=self.inference.errors - errors0,
+                             chunks=chunks, max_boundary_jump=max_jump,
+                             clamps={k: self.safety.counts[k] - counts0[k] for k in STAGES}, frames=frames)
+
+    def _record(self, frames: dict[str, list], obs: dict[str, np.ndarray], sent: np.ndarray,
+                proposal: np.ndarray | None, flags: tuple, timer: RateTimer, t: float) -> None:
+        da = self.spec.action_dim
+        for k in self.keys:
+            frames[k].append(obs[k])
+        frames["action"].append(np.asarray(sent, np.float64))
+        frames["policy_action"].append(np.full(da, np.nan) if proposal is None else np.asarray(proposal, np.float64))
+        held, clamped = flags
+        frames["held"].append(float(held))
+        frames["clamped"].append(np.asarray([float(bool(clamped and clamped[s])) for s in STAGES]))
+        frames["lateness_ms"].append(timer.lateness[-1] * 1e3 if timer.lateness else 0.0)
+        frames["t"].append(t)
+
+    def _hold_safely(self) -> None:
+        """The last command of every episode is the hold command, whatever happened before."""
+        try:
+            self.robot.send_action(self.safety._safe_hold(self.robot.hold_action()))
+        except Exception:  # the robot itself is failing; disconnect (the caller's finally) is all that is left
+            pass

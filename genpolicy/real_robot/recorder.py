@@ -1,0 +1,94 @@
+"""Crash-safe episode recording: every finished episode lands on disk as a complete LeRobot v3 dataset.
+
+After each episode the recorder (1) rewrites `episodes.zarr` (our replay format, atomic) and (2) re-exports all
+episodes to a fresh LeRobot v3 directory beside `dataset/` and swaps it in (fsync + rename, the old copy removed only
+after the swap). A crash at any point leaves the previous complete dataset in place; only the episode in progress is
+lost. Re-exporting costs O(total frames) per episode, which is small for deployment sessions (seconds for thousands
+of state frames); recording for hours would want LeRobot's incremental writer with its own finalize.
+
+Columns: observation.state, observation.images.<cam>, action (the command actually sent, after the safety filter),
+plus policy_action (the policy's proposal; 0 where none), policy_valid, safety.held, safety.clamped (one flag per
+filter stage: nonfinite, position, delta, velocity, workspace), timing.lateness_ms and timing.t (s since start).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genpolicy.datasets.replay_buffer import ReplayBuffer
+from genpolicy.fsutil import replace_dir, temp_sibling
+
+EXTRA_KEYS = ("policy_action", "policy_valid", "safety.held", "safety.clamped", "timing.lateness_ms", "timing.t")
+
+
+class EpisodeRecorder:
+    def __init__(self, out_dir: str | Path, fps: float, task: str) -> None:
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.fps, self.task = float(fps), task
+        self.episodes: list[dict[str, np.ndarray]] = []
+        self.infos: list[dict[str, Any]] = []
+        journal = self.out / "episodes.zarr"
+        if journal.exists():  # an interrupted deploy: keep what was recorded, append after it
+            rb = ReplayBuffer.load(journal)
+            self.episodes = [rb.episode(i) for i in range(rb.n_episodes)]
+            self.infos = list(rb.attrs.get("episodes", []))
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.out / "dataset"
+
+    def add(self, frames: dict[str, list], info: dict[str, Any]) -> None:
+        """Store one finished episode (the controller's `EpisodeReport.frames`) and publish the dataset."""
+        if not frames["action"]:
+            return
+        policy = np.asarray(frames["policy_action"], np.float32)
+        valid = np.isfinite(policy).all(axis=1)
+        ep = {"state": np.asarray(frames["state"], np.float32), "action": np.asarray(frames["action"], np.float32),
+              "policy_action": np.where(valid[:, None], policy, 0.0).astype(np.float32),
+              "policy_valid": valid.astype(np.float32), "safety.held": np.asarray(frames["held"], np.float32),
+              "safety.clamped": np.asarray(frames["clamped"], np.float32),
+              "timing.lateness_ms": np.asarray(frames["lateness_ms"], np.float32),
+              "timing.t": np.asarray(frames["t"], np.float32)}
+        for k, v in frames.items():
+            if k.startswith("image."):
+                ep[k] = np.asarray(v, np.uint8)
+        self.episodes.append(ep)
+        self.infos.append(json.loads(json.dumps(info, default=float)))
+        self._publish()
+
+    def _publish(self) -> None:
+        import logging
+
+        from datasets.utils.logging import disable_progress_bar
+
+        from genpolicy.datasets.lerobot import export_arrays
+
+        disable_progress_bar()  # the HF datasets "Map" bars would interleave with the deploy progress bar
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # ledataset warns on every load that torchcodec is absent (PyAV is used)
+        try:
+            self._write()
+        finally:
+            root.setLevel(level)
+
+    def _write(self) -> None:
+        from genpolicy.datasets.lerobot import export_arrays
+
+        rb = ReplayBuffer.from_episodes(self.episodes, attrs={"fps": self.fps, "task": self.task, "episodes": self.infos,
+                                                              "source": "genpolicy deploy"})
+        rb.save(self.out / "episodes.zarr")
+        tmp = temp_sibling(self.dataset_dir)
+        try:
+            export_arrays(rb.data, rb.episode_ends, tmp, fps=self.fps, repo_id="local/genpolicy-deploy", task=self.task,
+                          extra_keys=EXTRA_KEYS, image_writer_threads=0)
+            replace_dir(tmp, self.dataset_dir)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
