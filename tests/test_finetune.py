@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from genpolicy.config import (DataConfig, EvalConfig, FinetuneConfig, OptimConfig, PolicyConfig, PPOConfig, RunConfig,
-                              TaskConfig, TrainConfig)
+from genpolicy.config import (EvalConfig, FinetuneConfig, PPOConfig, RunConfig,
+                              TaskConfig)
 from genpolicy.finetune.ppo import ValueNet, finetune, gae, make_algo, ppo_update
 from genpolicy.finetune.rollout import VecChunkEnv, collect
 from genpolicy.training.checkpoint import load_policy
@@ -60,25 +60,8 @@ def test_gae_matches_plain_loop_reference() -> None:
 
 # --- BC starting points -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def bc_ckpts(tmp_path_factory) -> dict[str, Path]:
-    """Tiny flow and diffusion policies trained on the bimodal demonstrations: about half go right."""
-    root = tmp_path_factory.mktemp("bc")
-    from genpolicy.datasets.collect import generate
-
-    data = root / "toy.zarr"
-    generate("toy/bimodal", 60, seed=0, progress=False).save(data)
-    out = {}
-    for ptype, kw in (("flow", dict(sampler="euler", steps=5)), ("diffusion", dict(sampler="ddim", steps=10, prediction="sample"))):
-        pol = PolicyConfig(type=ptype, n_obs_steps=1, horizon=8, n_action_steps=4, width=128, depth=2, time_dim=32,
-                           shortcut=False, **kw)
-        cfg = TrainConfig(task=TaskConfig(name="toy/bimodal"), policy=pol, data=DataConfig(path=str(data)),
-                          train=OptimConfig(steps=800, batch_size=256, lr=1e-3, warmup_steps=50),
-                          eval=EvalConfig(n_episodes=4, n_envs=4, n_videos=0),
-                          run=RunConfig(dir=str(root / ptype), log_every=1000, ckpt_every=10**9, progress=False, seed=0))
-        from genpolicy.training.bc import train
-
-        out[ptype] = Path(train(cfg)["final_checkpoint"])
-    return out
+def bc_ckpts(toy_bc_ckpts) -> dict[str, Path]:
+    return toy_bc_ckpts
 
 
 def _ft_cfg(algo: str, ckpt: Path, run_dir: Path, iterations: int = 1, **ppo) -> FinetuneConfig:

@@ -54,9 +54,10 @@ class EpisodeReport:
     max_boundary_jump: float  # largest |a_t - a_{t-1}| (inf-norm, sent actions) where the owning chunk changed
     clamps: dict[str, int]
     frames: dict[str, list] = field(default_factory=dict)
+    lateness_ms: list[float] = field(default_factory=list)  # per tick, for pooled jitter statistics
 
     def summary(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k not in ("frames", "cadence")}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("frames", "cadence", "lateness_ms")}
         return d | {"cadence": self.cadence.as_dict()}
 
 
@@ -84,7 +85,7 @@ class Controller:
             pass
         errors0, counts0 = self.inference.errors, dict(self.safety.counts)
         last_request, invalid_since, gap, held, chunks, status = -10**9, None, 0, 0, 0, "max_steps"
-        prev_sent, prev_owner, max_jump = None, None, 0.0
+        prev_sent, prev_owner, max_jump, last_policy = None, None, 0.0, None
         t_start = self.clock.now()
         step = 0
         try:
@@ -119,8 +120,8 @@ class Controller:
                         break
                     if pick is not None:
                         proposal = pick.action  # non-finite: the filter replaces it with the hold and counts it
-                    elif prev_sent is not None and gap <= cfg.hold_after:
-                        proposal = prev_sent  # bridge a short gap with the last command
+                    elif last_policy is not None and gap <= cfg.hold_after:
+                        proposal = last_policy  # bridge a short gap with the last policy command
                     else:
                         proposal = None  # the hold command
                 hold = self.robot.hold_action()
@@ -131,6 +132,7 @@ class Controller:
                     is_hold, clamped = out.held, out.clamped
                 held += int(is_hold)
                 sent = self.robot.send_action(out.action)
+                last_policy = None if is_hold else sent
                 owner = pick.chunk if valid else None
                 if prev_sent is not None and owner is not None and prev_owner is not None and owner != prev_owner:
                     max_jump = max(max_jump, float(np.max(np.abs(sent - prev_sent))))
@@ -146,7 +148,8 @@ class Controller:
         return EpisodeReport(steps=min(step, max_steps), status=status, cadence=timer.report(), held_ticks=held,
                              late_dropped=sched.late_dropped, inference_errors=self.inference.errors - errors0,
                              chunks=chunks, max_boundary_jump=max_jump,
-                             clamps={k: self.safety.counts[k] - counts0[k] for k in STAGES}, frames=frames)
+                             clamps={k: self.safety.counts[k] - counts0[k] for k in STAGES}, frames=frames,
+                             lateness_ms=[x * 1e3 for x in timer.lateness])
 
     def _record(self, frames: dict[str, list], obs: dict[str, np.ndarray], sent: np.ndarray,
                 proposal: np.ndarray | None, flags: tuple, timer: RateTimer, t: float) -> None:

@@ -144,17 +144,18 @@ def deploy(cfg: DeployConfig) -> dict[str, Any]:
         stack.callback(robot.disconnect)
         ctl = Controller(robot, worker, safety, spec, cfg.controller, clock)
         max_steps = cfg.controller.max_steps or sim.max_episode_steps
-        episodes = []
+        episodes, lateness = [], []
         bar = tqdm(range(cfg.n_episodes), desc="deploy", unit="ep", disable=not cfg.run.progress)
         for i in bar:
             sim.start_episode(cfg.seed + i)
             rep = ctl.run_episode(max_steps, should_stop=lambda: sim.success or sim.done, record=recorder is not None)
             ep = {"episode": i, "seed": cfg.seed + i, **sim.info(), **rep.summary()}
             episodes.append(ep)
+            lateness += rep.lateness_ms
             if recorder is not None:
                 recorder.add(rep.frames, {k: ep[k] for k in ("episode", "seed", "success", "steps", "status")})
             bar.set_postfix(success=f"{np.mean([e['success'] for e in episodes]):.2f}")
-    lat = [e for e in worker.latencies]
+    lat = list(worker.latencies)
     result = {
         "success_rate": float(np.mean([e["success"] for e in episodes])), "n_episodes": len(episodes),
         "success_definition": sim.success_definition, "task": task, "robot": cfg.robot.type, "inference": cfg.inference,
@@ -162,6 +163,9 @@ def deploy(cfg: DeployConfig) -> dict[str, Any]:
         "latency_ms_p50": float(np.percentile(lat, 50) * 1e3) if lat else None,
         "latency_ms_p99": float(np.percentile(lat, 99) * 1e3) if lat else None,
         "overruns": int(sum(e["cadence"]["overruns"] for e in episodes)),
+        "jitter_p50_ms": float(np.percentile(lateness, 50)), "jitter_p99_ms": float(np.percentile(lateness, 99)),
+        "max_boundary_jump": float(max(e["max_boundary_jump"] for e in episodes)),
+        "late_dropped": int(sum(e["late_dropped"] for e in episodes)),
         "clamps": safety.report(), "episodes": episodes, "run_dir": str(run_dir),
         "dataset": str(recorder.dataset_dir) if recorder is not None else None,
     }

@@ -67,7 +67,6 @@ class EpisodeRecorder:
 
         from datasets.utils.logging import disable_progress_bar
 
-        from genpolicy.datasets.lerobot import export_arrays
 
         disable_progress_bar()  # the HF datasets "Map" bars would interleave with the deploy progress bar
         root = logging.getLogger()
