@@ -51,13 +51,18 @@ class EpisodeReport:
     late_dropped: int  # chunk actions dropped because their time had passed
     inference_errors: int
     chunks: int
-    max_boundary_jump: float  # largest |a_t - a_{t-1}| (inf-norm, sent actions) where the owning chunk changed
+    # chunk boundaries: for the blend_steps steps after a newer chunk takes over, the change of the sent action in
+    # excess of the outgoing plan's own change, |(a_t - a_{t-1}) - (old_t - old_{t-1})|_inf: the jump the switch adds
+    max_boundary_jump: float
     clamps: dict[str, int]
     frames: dict[str, list] = field(default_factory=dict)
     lateness_ms: list[float] = field(default_factory=list)  # per tick, for pooled jitter statistics
+    boundary_jumps: list[float] = field(default_factory=list)
+    boundary_step_changes: list[float] = field(default_factory=list)  # raw |a_t - a_{t-1}|_inf at each takeover
 
     def summary(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k not in ("frames", "cadence", "lateness_ms")}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("frames", "cadence", "lateness_ms", "boundary_jumps",
+                                                                  "boundary_step_changes")}
         return d | {"cadence": self.cadence.as_dict()}
 
 
@@ -85,7 +90,8 @@ class Controller:
             pass
         errors0, counts0 = self.inference.errors, dict(self.safety.counts)
         last_request, invalid_since, gap, held, chunks, status = -10**9, None, 0, 0, 0, "max_steps"
-        prev_sent, prev_owner, max_jump, last_policy = None, None, 0.0, None
+        prev_sent, prev_owner, last_policy = None, None, None
+        outgoing, switch_step, jumps, raw_jumps = None, -1, [], []  # the plan being replaced, and when
         t_start = self.clock.now()
         step = 0
         try:
@@ -135,7 +141,12 @@ class Controller:
                 last_policy = None if is_hold else sent
                 owner = pick.chunk if valid else None
                 if prev_sent is not None and owner is not None and prev_owner is not None and owner != prev_owner:
-                    max_jump = max(max_jump, float(np.max(np.abs(sent - prev_sent))))
+                    outgoing, switch_step = sched.chunk(prev_owner), step
+                    raw_jumps.append(float(np.max(np.abs(sent - prev_sent))))
+                if outgoing is not None and prev_sent is not None and step - switch_step < cfg.blend_steps:
+                    if outgoing.start < step < outgoing.end:  # the jump in excess of the outgoing plan's own motion
+                        plan_step = outgoing.actions[step - outgoing.start] - outgoing.actions[step - 1 - outgoing.start]
+                        jumps.append(float(np.max(np.abs((sent - prev_sent) - plan_step))))
                 prev_sent, prev_owner = sent, (owner if owner is not None else prev_owner)
                 if record:
                     self._record(frames, obs, sent, None if proposal is None else proposal, (is_hold, clamped), timer,
@@ -147,7 +158,8 @@ class Controller:
             self._hold_safely()
         return EpisodeReport(steps=min(step, max_steps), status=status, cadence=timer.report(), held_ticks=held,
                              late_dropped=sched.late_dropped, inference_errors=self.inference.errors - errors0,
-                             chunks=chunks, max_boundary_jump=max_jump,
+                             chunks=chunks, max_boundary_jump=max(jumps, default=0.0),
+                             boundary_jumps=jumps, boundary_step_changes=raw_jumps,
                              clamps={k: self.safety.counts[k] - counts0[k] for k in STAGES}, frames=frames,
                              lateness_ms=[x * 1e3 for x in timer.lateness])
 

@@ -144,7 +144,7 @@ def deploy(cfg: DeployConfig) -> dict[str, Any]:
         stack.callback(robot.disconnect)
         ctl = Controller(robot, worker, safety, spec, cfg.controller, clock)
         max_steps = cfg.controller.max_steps or sim.max_episode_steps
-        episodes, lateness = [], []
+        episodes, lateness, jumps, step_changes = [], [], [], []
         bar = tqdm(range(cfg.n_episodes), desc="deploy", unit="ep", disable=not cfg.run.progress)
         for i in bar:
             sim.start_episode(cfg.seed + i)
@@ -152,6 +152,8 @@ def deploy(cfg: DeployConfig) -> dict[str, Any]:
             ep = {"episode": i, "seed": cfg.seed + i, **sim.info(), **rep.summary()}
             episodes.append(ep)
             lateness += rep.lateness_ms
+            jumps += rep.boundary_jumps
+            step_changes += rep.boundary_step_changes
             if recorder is not None:
                 recorder.add(rep.frames, {k: ep[k] for k in ("episode", "seed", "success", "steps", "status")})
             bar.set_postfix(success=f"{np.mean([e['success'] for e in episodes]):.2f}")
@@ -164,7 +166,10 @@ def deploy(cfg: DeployConfig) -> dict[str, Any]:
         "latency_ms_p99": float(np.percentile(lat, 99) * 1e3) if lat else None,
         "overruns": int(sum(e["cadence"]["overruns"] for e in episodes)),
         "jitter_p50_ms": float(np.percentile(lateness, 50)), "jitter_p99_ms": float(np.percentile(lateness, 99)),
-        "max_boundary_jump": float(max(e["max_boundary_jump"] for e in episodes)),
+        "max_boundary_jump": float(max(jumps, default=0.0)), "mean_boundary_jump": float(np.mean(jumps)) if jumps else 0.0,
+        "p95_boundary_jump": float(np.percentile(jumps, 95)) if jumps else 0.0,
+        "max_boundary_step_change": float(max(step_changes, default=0.0)),
+        "mean_boundary_step_change": float(np.mean(step_changes)) if step_changes else 0.0,
         "late_dropped": int(sum(e["late_dropped"] for e in episodes)),
         "clamps": safety.report(), "episodes": episodes, "run_dir": str(run_dir),
         "dataset": str(recorder.dataset_dir) if recorder is not None else None,

@@ -66,6 +66,9 @@ class ActionSchedule:
         self._serial += 1
         self.chunks.append(StampedChunk(start, actions, now_step, self._serial))
 
+    def chunk(self, serial: int) -> StampedChunk | None:
+        return next((c for c in self.chunks if c.serial == serial), None)
+
     def prune(self, step: int) -> None:
         """Forget chunks that end before `step`."""
         self.chunks = [c for c in self.chunks if c.end > step]
