@@ -65,8 +65,19 @@ class PolicyConfig:
     crop_ratio: float = 0.9
     image_feature_dim: int = 64
     mask_padded_actions: bool = False  # Diffusion Policy does not mask; kept as an option
+    # steering, set by off-policy fine-tuning (genpolicy/policies/steering.py); saved so a checkpoint deploys as tuned
+    steer: str = "none"  # none | dsrl (a latent-noise policy picks the initial noise) | expo (edit + Q-argmax)
+    steer_scale: float = 1.0  # dsrl: the noise bound (action_magnitude); expo: the edit scale beta
+    steer_width: int = 256
+    steer_depth: int = 2
+    expo_n_base: int = 8  # N base samples per decision
+    expo_n_edit: int = 8  # M of them also edited
+    expo_n_q: int = 10  # critic ensemble size
+    expo_min_q: int = 2  # heads in the subsampled minimum
 
     def __post_init__(self) -> None:
+        _check(self.steer in ("none", "dsrl", "expo"), f"policy.steer must be none|dsrl|expo, got '{self.steer}'")
+        _check(self.steer_scale > 0, f"policy.steer_scale must be > 0, got {self.steer_scale}")
         _check(self.type in POLICY_TYPES, f"policy.type must be one of {POLICY_TYPES}, got '{self.type}'")
         _check(self.sampler in SAMPLERS[self.type],
                f"policy.sampler='{self.sampler}' is not valid for policy.type='{self.type}'; use one of {SAMPLERS[self.type]}")
@@ -198,6 +209,7 @@ class TrainConfig:
 
 
 ONPOLICY_ALGOS = ("dppo", "fpo", "reinflow")
+OFFPOLICY_ALGOS = ("dsrl", "expo")
 
 
 @dataclass
@@ -292,8 +304,72 @@ class ReinFlowConfig:
 
 
 @dataclass
+class OffPolicyConfig:
+    """The shared off-policy core (finetune/offpolicy.py). One transition = one executed chunk; env steps count the
+    chunk's executed steps. Widths and update ratios are chosen for a CPU: see benchmarks/results/finetune_offpolicy.md."""
+
+    n_envs: int = 4
+    env_steps: int = 50_000  # budget, in environment steps
+    chunk_steps_per_iter: int = 10  # chunk steps per env between logging points
+    utd: float = 2.0  # gradient updates per collected transition (chunk)
+    batch_size: int = 256
+    gamma: float = 0.99  # per chunk
+    lr: float = 3e-4
+    tau: float = 0.005
+    warmup_env_steps: int = 2000  # base-policy rollouts before learning starts
+    offline_ratio: float = 0.5  # RLPD mixing: fraction of each batch from the demonstrations (algorithms that use them)
+    offline_data: str = ""  # demonstrations (zarr); empty = the BC checkpoint's dataset; "none" = online only
+    reward: str = "success"  # success: 1 for the chunk that succeeds (episodes end there) | env: the task's reward
+    reward_offset: float = 0.0
+    capacity: int = 200_000  # chunk transitions kept
+    critic_width: int = 256
+    critic_depth: int = 2
+    init_temperature: float = 0.1
+
+    def __post_init__(self) -> None:
+        for k in ("n_envs", "env_steps", "chunk_steps_per_iter", "batch_size", "capacity"):
+            _check(getattr(self, k) >= 1, f"offpolicy.{k} must be >= 1, got {getattr(self, k)}")
+        _check(self.utd > 0, f"offpolicy.utd must be > 0, got {self.utd}")
+        _check(0 <= self.offline_ratio < 1, f"offpolicy.offline_ratio must be in [0, 1), got {self.offline_ratio}")
+        _check(self.reward in ("env", "success"), f"offpolicy.reward must be env|success, got '{self.reward}'")
+        _check(0 < self.gamma <= 1 and 0 < self.tau <= 1, "offpolicy.gamma and offpolicy.tau must be in (0, 1]")
+
+
+@dataclass
+class DSRLConfig:
+    variant: str = "na"  # sac: SAC over the noise w | na: noise-aliased (Q^A on chunks, Q^W distilled, actor on Q^W)
+    action_magnitude: float = 1.5  # the noise actor's bound, respected by both variants
+    n_q: int = 2
+    width: int = 256  # noise actor
+    depth: int = 2
+    qw_steps: int = 1  # NA: Q^W distillation steps per update
+    target_entropy: float = -1.0  # per noise dimension (SAC's -|A| is -1.0); the reference NA uses 0.0 in total
+
+    def __post_init__(self) -> None:
+        _check(self.variant in ("sac", "na"), f"dsrl.variant must be sac|na, got '{self.variant}'")
+        _check(self.action_magnitude > 0, f"dsrl.action_magnitude must be > 0, got {self.action_magnitude}")
+
+
+@dataclass
+class EXPOConfig:
+    beta: float = 0.05  # edit scale (edit_action_scale)
+    n_base: int = 8  # N base samples
+    n_edit: int = 8  # M edited samples
+    n_q: int = 10
+    n_min_q: int = 2
+    width: int = 256  # edit policy
+    depth: int = 2
+    base_lr: float = 1e-4  # BC on the mixed replay
+    target_entropy: float = -0.5  # per chunk dimension (EXPO: -d/2)
+
+    def __post_init__(self) -> None:
+        _check(self.beta > 0 and 1 <= self.n_edit <= self.n_base and 1 <= self.n_min_q <= self.n_q,
+               "expo needs beta > 0, 1 <= n_edit <= n_base, 1 <= n_min_q <= n_q")
+
+
+@dataclass
 class FinetuneConfig:
-    """`genpolicy finetune algo=dppo|fpo|reinflow ckpt=<BC checkpoint> task=...`."""
+    """`genpolicy finetune algo=dppo|fpo|reinflow|dsrl|expo ckpt=<BC checkpoint> task=...`."""
 
     algo: str = "reinflow"
     ckpt: str = ""
@@ -303,11 +379,15 @@ class FinetuneConfig:
     dppo: DPPOConfig = field(default_factory=DPPOConfig)
     fpo: FPOConfig = field(default_factory=FPOConfig)
     reinflow: ReinFlowConfig = field(default_factory=ReinFlowConfig)
+    offpolicy: OffPolicyConfig = field(default_factory=OffPolicyConfig)
+    dsrl: DSRLConfig = field(default_factory=DSRLConfig)
+    expo: EXPOConfig = field(default_factory=EXPOConfig)
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(n_episodes=20, n_videos=1, every=10))
     run: RunConfig = field(default_factory=lambda: RunConfig(log_every=1, ckpt_every=10))
 
     def __post_init__(self) -> None:
-        _check(self.algo in ONPOLICY_ALGOS, f"algo must be one of {ONPOLICY_ALGOS}, got '{self.algo}'")
+        _check(self.algo in ONPOLICY_ALGOS + OFFPOLICY_ALGOS,
+               f"algo must be one of {ONPOLICY_ALGOS + OFFPOLICY_ALGOS}, got '{self.algo}'")
 
 
 @dataclass

@@ -1,6 +1,8 @@
-"""Shared off-policy machinery: a transition replay, Q ensembles with LayerNorm, REDQ-style subsampled minimum,
-Polyak target updates, and an auto-tuned temperature. Used by the SAC expert trainer (experts/sac.py) and by the
-off-policy fine-tuning algorithms.
+"""Shared off-policy machinery: replays (plain and chunk-level, with RLPD-style offline mixing), Q ensembles with
+LayerNorm, REDQ-style subsampled minimum, Polyak target updates, an auto-tuned temperature, TD targets, and the
+fine-tuning loop shared by DSRL and EXPO (collection with env steps counted chunk size included, a base-policy
+warm-up, a configurable update-to-data ratio, evaluation, checkpoints with the replay, resume).
+Used by the SAC expert trainer (experts/sac.py) too.
 
 Shapes: B batch, E ensemble size, Ds state (or conditioning) dim, Da action dim (a flattened chunk counts as one action).
 """
@@ -8,12 +10,14 @@ Shapes: B batch, E ensemble size, Ds state (or conditioning) dim, Da action dim 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional, Protocol
+
+import numpy as np
 
 import torch
 from torch import nn
 
-from genpolicy.policies.networks.common import layernorm_mlp
+from genpolicy.policies.networks.rl import QEnsemble, TanhGaussianActor, subsample_min  # noqa: F401  (re-exported)
 
 
 class Replay:
@@ -41,26 +45,6 @@ class Replay:
                 "next_obs": self.next_obs[idx], "terminated": self.terminated[idx]}
 
 
-class QEnsemble(nn.Module):
-    """E independent Q(s, a) MLPs with LayerNorm, evaluated together: (B, Ds), (B, Da) -> (E, B)."""
-
-    def __init__(self, obs_dim: int, act_dim: int, n: int = 2, width: int = 256, depth: int = 2) -> None:
-        super().__init__()
-        self.qs = nn.ModuleList([layernorm_mlp(obs_dim + act_dim, width, depth, nn.ReLU, out_dim=1) for _ in range(n)])
-
-    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, action], -1)
-        return torch.stack([q(x).squeeze(-1) for q in self.qs])  # (E, B)
-
-
-def subsample_min(q: torch.Tensor, k: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """REDQ: the minimum over a random subset of k of the E heads, (E, B) -> (B,). k = E is the plain minimum."""
-    if k >= q.shape[0]:
-        return q.min(0).values
-    idx = torch.randperm(q.shape[0], generator=generator)[:k].to(q.device)
-    return q[idx].min(0).values
-
-
 @torch.no_grad()
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     for t, s in zip(target.parameters(), source.parameters()):
@@ -83,21 +67,274 @@ class Temperature(nn.Module):
         return -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
 
 
-class TanhGaussianActor(nn.Module):
-    """pi(a|s): tanh-squashed Gaussian, (B, Ds) -> sample (B, Da) in [-1, 1] with log-prob (B,)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, width: int = 256, depth: int = 2) -> None:
+
+# ----------------------------------------------------------------------------------------------------------------------
+# chunk-level replay, demonstrations, TD targets and the fine-tuning loop (DSRL, EXPO)
+# ----------------------------------------------------------------------------------------------------------------------
+class DictReplay(nn.Module):
+    """A ring buffer of named tensors (chunk transitions). Its storage is module buffers, so checkpoints save it and
+    an interrupted run resumes with its data. Keys: obs (To, Ds), next_obs, action (H, Da) normalised, reward,
+    terminated, plus what an algorithm adds (DSRL's noise w)."""
+
+    def __init__(self, specs: dict[str, tuple[int, ...]], capacity: int) -> None:
         super().__init__()
-        self.body = layernorm_mlp(obs_dim, width, depth, nn.ReLU)
-        self.mu, self.log_std = nn.Linear(width, act_dim), nn.Linear(width, act_dim)
+        self.keys, self.capacity = list(specs), int(capacity)
+        for k, shape in specs.items():
+            self.register_buffer(f"buf_{k}", torch.zeros(capacity, *shape))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))  # rows written so far
+        self.register_buffer("cursor", torch.zeros((), dtype=torch.long))
 
-    def forward(self, obs: torch.Tensor, deterministic: bool = False,
+    def __len__(self) -> int:
+        return int(min(self.count.item(), self.capacity))
+
+    def add(self, batch: dict[str, torch.Tensor]) -> None:
+        n = next(iter(batch.values())).shape[0]
+        idx = (self.cursor + torch.arange(n)) % self.capacity
+        for k in self.keys:
+            getattr(self, f"buf_{k}")[idx] = batch[k].detach().to(self.count.device).float()
+        self.cursor.copy_((self.cursor + n) % self.capacity)
+        self.count += n
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+        idx = torch.randint(0, len(self), (n,), generator=generator)
+        return {k: getattr(self, f"buf_{k}")[idx] for k in self.keys}
+
+
+def mixed_batch(online: DictReplay, offline: Optional[DictReplay], n: int, offline_ratio: float,
                 generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
-        h = self.body(obs)
-        mu, log_std = self.mu(h), self.log_std(h).clamp(-5.0, 2.0)
-        std = log_std.exp()
-        u = mu if deterministic else mu + std * torch.randn(mu.shape, generator=generator, device=mu.device)
-        a = torch.tanh(u)
-        log_prob = (-0.5 * ((u - mu) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        log_prob = log_prob - (2 * (math.log(2) - u - nn.functional.softplus(-2 * u))).sum(-1)  # tanh Jacobian
-        return {"action": a, "log_prob": log_prob, "mean": torch.tanh(mu)}
+    """RLPD-style: round(n * offline_ratio) rows from the demonstrations, the rest from online data."""
+    n_off = int(round(n * offline_ratio)) if offline is not None and len(offline) else 0
+    on = online.sample(n - n_off, generator)
+    if n_off == 0:
+        return on
+    off = offline.sample(n_off, generator)
+    return {k: torch.cat([on[k], off[k]]) for k in on if k in off}
+
+
+def demo_transitions(rb: Any, n_obs_steps: int, horizon: int, n_action_steps: int,
+                     normalize: Any) -> dict[str, torch.Tensor]:
+    """Demonstrations -> chunk transitions at stride Ta: obs window at t, the H actions from t (edge-padded,
+    normalised), reward 1 and terminated on the last chunk of each episode (demos end in success), next window at t+Ta."""
+    obs, nxt, act, rew, term = [], [], [], [], []
+    states, actions = rb.data["state"].astype(np.float32), rb.data["action"].astype(np.float32)
+    start = 0
+    for end in rb.episode_ends.tolist():
+        for t in range(start, end, n_action_steps):
+            win = np.clip(np.arange(t - n_obs_steps + 1, t + 1), start, end - 1)
+            t2 = t + n_action_steps
+            win2 = np.clip(np.arange(t2 - n_obs_steps + 1, t2 + 1), start, end - 1)
+            obs.append(states[win])
+            nxt.append(states[win2])
+            act.append(actions[np.clip(np.arange(t, t + horizon), start, end - 1)])
+            last = t2 >= end
+            rew.append(float(last))
+            term.append(float(last))
+        start = end
+    f = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+    return {"obs": f(obs), "next_obs": f(nxt), "action": normalize(f(act)).clamp(-1.0, 1.0), "reward": f(rew),
+            "terminated": f(term)}
+
+
+def td_target(reward: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
+    """y = r + gamma * (1 - terminated) * Q(s', a'): one chunk is one step (gamma per chunk); truncation bootstraps."""
+    return reward + gamma * (1.0 - terminated) * next_q
+
+
+class OffPolicyAlgo(Protocol):
+    policy: Any  # the steered GenerativePolicy; evaluation and checkpoints use exactly this object
+    uses_offline: bool  # whether demonstrations are mixed into its batches
+    extra_specs: dict[str, tuple[int, ...]]  # replay keys beyond obs/next_obs/action/reward/terminated
+
+    def modules(self) -> dict[str, nn.Module]: ...  # critics, targets, temperatures (saved for resume)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
+
+    def act(self, obs: dict[str, torch.Tensor], warmup: bool) -> dict[str, torch.Tensor]: ...  # {"actions": (N,H,Da)}
+
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def make_offpolicy_algo(name: str, bc: Any, cfg: Any, device: torch.device) -> OffPolicyAlgo:
+    if name == "dsrl":
+        from genpolicy.finetune.dsrl import DSRL
+
+        return DSRL(bc, cfg, device)
+    if name == "expo":
+        from genpolicy.finetune.expo import EXPO
+
+        return EXPO(bc, cfg, device)
+    from genpolicy.errors import ConfigError
+
+    raise ConfigError(f"unknown off-policy algo '{name}'; use dsrl or expo")
+
+
+def finetune_offpolicy(cfg: Any) -> dict[str, Any]:
+    """Fine-tune a BC checkpoint with DSRL or EXPO; returns the same summary as the on-policy loop."""
+    import json
+    import shutil
+    import time
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from genpolicy.datasets.replay_buffer import ReplayBuffer
+    from genpolicy.errors import ConfigError, DataError
+    from genpolicy.finetune.ppo import steps_to
+    from genpolicy.finetune.rollout import VecChunkEnv, step_chunks
+    from genpolicy.training.bc import _StopFlag
+    from genpolicy.training.checkpoint import load_finetune_state, load_policy, read_config, save_checkpoint
+    from genpolicy.training.evaluate import evaluate
+    from genpolicy.training.runs import MetricsLogger, make_run_dir, progress_bar, resolve_device, slug
+
+    if not cfg.ckpt:
+        raise ConfigError("finetune needs a BC checkpoint: genpolicy finetune algo=... ckpt=runs/<run>/checkpoints/best")
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    device = resolve_device(cfg.run.device)
+    torch.manual_seed(cfg.run.seed)
+    oc = cfg.offpolicy
+    source = read_config(cfg.ckpt)
+    task = cfg.task.name or source.get("task", {}).get("name", "")
+    if not task:
+        raise ConfigError(f"{cfg.ckpt}: the checkpoint does not name its task; pass task=<suite/name>")
+    bc = load_policy(cfg.ckpt, use_ema=cfg.use_ema, device=device)
+    if bc.shape.cameras:
+        raise ConfigError(f"{cfg.ckpt}: off-policy fine-tuning here supports state observations; this policy uses "
+                          f"cameras {bc.shape.cameras}")
+    algo = make_offpolicy_algo(cfg.algo, bc, cfg, device)
+    policy = algo.policy
+    pc = policy.cfg
+    venv = VecChunkEnv(task, oc.n_envs, pc.n_obs_steps, pc.n_action_steps, seed=20_000_000 + 1_000_000 * cfg.run.seed,
+                       max_episode_steps=cfg.task.max_episode_steps)
+    if venv.spec.action_dim != policy.shape.action_dim or venv.spec.state_dim != policy.shape.state_dim:
+        raise DataError(f"task '{task}' has state/action dims ({venv.spec.state_dim}, {venv.spec.action_dim}) but "
+                        f"{cfg.ckpt} expects ({policy.shape.state_dim}, {policy.shape.action_dim})")
+    specs = {"obs": (pc.n_obs_steps, policy.shape.state_dim), "next_obs": (pc.n_obs_steps, policy.shape.state_dim),
+             "action": (pc.horizon, policy.shape.action_dim), "reward": (), "terminated": (), **algo.extra_specs}
+    online = DictReplay(specs, oc.capacity).to(device)
+    offline = None
+    if algo.uses_offline and oc.offline_ratio > 0 and oc.offline_data != "none":
+        path = oc.offline_data or source.get("data", {}).get("path", "")
+        if not path or not Path(path).exists():
+            raise DataError(f"offline data '{path}' not found: set offpolicy.offline_data=<zarr> or offpolicy.offline_data=none")
+        if oc.reward != "success":
+            raise ConfigError("demonstrations carry no env rewards: offline mixing needs offpolicy.reward=success "
+                              "(or offpolicy.offline_data=none)")
+        demo = demo_transitions(ReplayBuffer.load(path, keys=["action", "state"]), pc.n_obs_steps, pc.horizon,
+                                pc.n_action_steps, policy.normalize_actions)
+        offline = DictReplay({k: specs[k] for k in demo}, len(demo["reward"])).to(device)
+        offline.add(demo)
+    run_dir = make_run_dir(cfg.run, f"finetune-{slug(task)}-{cfg.algo}")
+    ckpt_root = run_dir / "checkpoints"
+    saved_cfg = {"task": {"name": task, "max_episode_steps": cfg.task.max_episode_steps},
+                 "finetune": {**asdict(cfg), "exploration": algo.describe()}, "source_checkpoint": str(cfg.ckpt)}
+    modules = {"replay": online, **algo.modules()}
+    optimizers = algo.optimizers()
+    gen = torch.Generator().manual_seed(cfg.run.seed)
+    per_iter = oc.chunk_steps_per_iter
+    n_iters = max(1, math.ceil(oc.env_steps / (per_iter * oc.n_envs * pc.n_action_steps)))
+    start_it, env_steps, curve, wall0, summary, n_updates = 0, 0, [], 0.0, {}, 0
+    latest = max(ckpt_root.glob("it_*"), default=None) if ckpt_root.exists() else None
+    if cfg.run.resume:
+        if latest is None:
+            raise ConfigError(f"{run_dir}: run.resume=true but no checkpoint under {ckpt_root}")
+        st = load_finetune_state(latest, policy, modules, optimizers)
+        start_it, env_steps, curve, wall0 = st["iteration"], st["env_steps"], st["curve"], st["wallclock_s"]
+        summary, n_updates = st["summary"], st["updates"]
+        gen.set_state(torch.tensor(st["generator"], dtype=torch.uint8))
+        torch.set_rng_state(torch.tensor(st["torch_rng"], dtype=torch.uint8))
+        venv.next_seed = st["env_next_seed"]
+        venv.obs = [venv._reset(e) for e in venv.envs]
+    elif latest is not None:
+        raise ConfigError(f"{run_dir}: already holds fine-tuning checkpoints; continue with run.resume=true or choose a new run.dir")
+
+    def run_eval(tag: str) -> dict[str, Any]:
+        return evaluate(policy, task, n_episodes=cfg.eval.n_episodes, n_envs=cfg.eval.n_envs, seed=cfg.eval.seed,
+                        out_dir=run_dir / "eval" / tag, n_videos=cfg.eval.n_videos if tag == "final" else 0,
+                        max_episode_steps=cfg.task.max_episode_steps, progress=False)
+
+    logger = MetricsLogger(run_dir)
+    t_start = time.time() - wall0
+    if not curve:  # the start is the BC checkpoint itself (a fresh steering head is not the starting policy)
+        ev = evaluate(bc, task, n_episodes=cfg.eval.n_episodes, n_envs=cfg.eval.n_envs, seed=cfg.eval.seed,
+                      out_dir=run_dir / "eval" / "start", max_episode_steps=cfg.task.max_episode_steps, progress=False)
+        summary = {"start_success": ev["success_rate"], "start_return": ev["mean_return"]}
+        curve.append({"iteration": 0, "env_steps": 0, "wallclock_s": 0.0, "success_rate": ev["success_rate"],
+                      "mean_return": ev["mean_return"]})
+        t_start = time.time()
+
+    def save(it: int) -> Path:
+        state = {"iteration": it, "env_steps": env_steps, "curve": curve, "wallclock_s": time.time() - t_start,
+                 "summary": summary, "updates": n_updates, "generator": gen.get_state().tolist(),
+                 "torch_rng": torch.get_rng_state().tolist(), "env_next_seed": venv.next_seed}
+        path = save_checkpoint(ckpt_root / f"it_{it:06d}", policy, saved_cfg, it, trainer_state=state,
+                               modules=modules, optimizers=optimizers)
+        for old in sorted(ckpt_root.glob("it_*"))[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    bar = progress_bar(n_iters, f"{cfg.algo} {task}", "it", cfg.run.progress, initial=start_it)
+    last_path = None
+    with _StopFlag() as stop:
+        for it in range(start_it, n_iters):
+            t0, t_upd, episodes, stats = time.time(), 0.0, [], {}
+            for _ in range(per_iter):
+                obs = venv.batch_obs(device)
+                warm = env_steps < oc.warmup_env_steps
+                out = algo.act(obs, warmup=warm)
+                chunks = policy.unnormalize_actions(out["actions"].clamp(-1.0, 1.0)).cpu().numpy()  # (N, H, Da)
+                res = step_chunks(venv, chunks, oc.reward)
+                env_steps += res.env_steps
+                episodes += res.episodes
+                nxt = {k: torch.as_tensor(np.stack([o[k] for o in res.next_obs]), device=device) for k in res.next_obs[0]}
+                row = {"obs": obs["state"].float(), "next_obs": nxt["state"].float(), "action": out["actions"],
+                       "reward": torch.as_tensor(res.rewards + oc.reward_offset, dtype=torch.float32),
+                       "terminated": torch.as_tensor(res.terminated, dtype=torch.float32)}
+                row.update({k: out[k] for k in algo.extra_specs})
+                online.add(row)
+                if not warm:
+                    t1 = time.time()
+                    n_up = max(1, int(round(oc.utd * oc.n_envs)))
+                    for _ in range(n_up):
+                        batch = mixed_batch(online, offline if algo.uses_offline else None, oc.batch_size,
+                                            oc.offline_ratio, gen)
+                        stats = algo.update(batch)
+                    n_updates += n_up
+                    t_upd += time.time() - t1
+            metrics = {f"train/{k}": v for k, v in stats.items()}
+            if episodes:
+                metrics["train/success_rate"] = float(np.mean([e["success"] for e in episodes]))
+                metrics["train/return"] = float(np.mean([e["return"] for e in episodes]))
+            metrics.update({"env_steps": env_steps, "updates": n_updates, "time/iter_s": time.time() - t0,
+                            "time/update_s": t_upd})
+            last = it == n_iters - 1
+            if (cfg.eval.every and (it + 1) % cfg.eval.every == 0) or last:
+                ev = run_eval("final" if last else f"it_{it + 1:06d}")
+                curve.append({"iteration": it + 1, "env_steps": env_steps, "wallclock_s": round(time.time() - t_start, 2),
+                              "success_rate": ev["success_rate"], "mean_return": ev["mean_return"]})
+                metrics.update({"eval/success_rate": ev["success_rate"], "eval/mean_return": ev["mean_return"]})
+            if (it + 1) % cfg.run.log_every == 0 or last:
+                logger.log(it + 1, metrics)
+            bar.update(1)
+            bar.set_postfix(succ=f"{metrics.get('train/success_rate', float('nan')):.2f}", steps=env_steps)
+            if (it + 1) % cfg.run.ckpt_every == 0 or last or stop.requested:
+                last_path = save(it + 1)
+            if stop.requested:
+                bar.close()
+                logger.close()
+                venv.close()
+                raise KeyboardInterrupt
+    bar.close()
+    logger.close()
+    venv.close()
+    final = curve[-1]
+    to90 = steps_to(curve)
+    summary.update({"algo": cfg.algo, "task": task, "seed": cfg.run.seed, "final_success": final["success_rate"],
+                    "final_return": final["mean_return"], "env_steps": env_steps, "updates": n_updates,
+                    "wallclock_s": round(time.time() - t_start, 2), "curve": curve,
+                    "env_steps_to_90": to90["env_steps"], "wallclock_s_to_90": to90["wallclock_s"],
+                    "run_dir": str(run_dir), "final_checkpoint": str(last_path) if last_path else None})
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -212,7 +212,12 @@ def steps_to(curve: list[dict[str, Any]], threshold: float = 0.9) -> dict[str, O
 
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
-    """Fine-tune a BC checkpoint with an on-policy algorithm; returns a summary (also written to summary.json)."""
+    """Fine-tune a BC checkpoint; returns a summary (also written to summary.json). Off-policy algorithms (dsrl, expo)
+    run `offpolicy.finetune_offpolicy`, which returns the same summary keys."""
+    if cfg.algo in ("dsrl", "expo"):
+        from genpolicy.finetune.offpolicy import finetune_offpolicy
+
+        return finetune_offpolicy(cfg)
     from genpolicy.training.bc import _StopFlag
     from genpolicy.training.checkpoint import load_finetune_state, load_policy, read_config, save_checkpoint
     from genpolicy.training.evaluate import evaluate
@@ -353,7 +358,7 @@ def policy_for_finetuning(bc: GenerativePolicy, algo: str, family: str, device: 
                           **changes: Any) -> GenerativePolicy:
     """The policy an algorithm fine-tunes: the BC weights under `changes` to the config, with the observation encoder
     frozen. Rollouts start from pure noise, so by default evaluation does too (no warm start, unit initial noise).
-    Weights the BC checkpoint lacks (DPPO's `net_ft`) must be filled in by the caller."""
+    Weights the BC checkpoint lacks (DPPO's `net_ft`, DSRL/EXPO's `steer`) are filled in by the caller or start fresh."""
     if bc.cfg.type != family:
         other = "dppo" if family == "flow" else "reinflow or algo=fpo"
         raise ConfigError(f"algo={algo} fine-tunes {family} policies; this checkpoint is a '{bc.cfg.type}' policy "
@@ -362,7 +367,7 @@ def policy_for_finetuning(bc: GenerativePolicy, algo: str, family: str, device: 
     d.update({"warm_start_steps": 0, "init_noise_scale": 1.0, **changes})
     policy = make_policy(PolicyConfig(**d), bc.shape).to(device)  # validates, e.g. shortcut needs 2^n steps
     result = policy.load_state_dict(bc.state_dict(), strict=False)
-    extra = [k for k in result.missing_keys if not k.startswith("net_ft.")]
+    extra = [k for k in result.missing_keys if not k.startswith(("net_ft.", "steer."))]
     if extra or result.unexpected_keys:
         raise ConfigError(f"algo={algo}: the checkpoint's weights do not fit ({(extra + result.unexpected_keys)[:3]})")
     policy.obs_encoder.requires_grad_(False)

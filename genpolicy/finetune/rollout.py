@@ -97,6 +97,44 @@ class RewardScaler:
         self.ret = None if st["ret"] is None else np.asarray(st["ret"])
 
 
+@dataclass
+class ChunkStep:
+    """One chunk executed in every env (auto-reset done)."""
+
+    next_obs: list[dict[str, np.ndarray]]  # per env: the window after the chunk (the real final one if it ended)
+    rewards: np.ndarray  # (N,) summed over executed steps (or 1/0 for reward="success")
+    raw_rewards: np.ndarray  # (N,) the env's own
+    terminated: np.ndarray  # (N,) bool
+    truncated: np.ndarray  # (N,) bool
+    env_steps: int
+    episodes: list[dict[str, Any]]  # episodes that ended in this step
+
+
+def step_chunks(venv: VecChunkEnv, chunks: np.ndarray, reward: str = "env") -> ChunkStep:
+    """Execute chunks (N, H, Da) in env units; finished episodes are logged and their envs reset."""
+    n = len(venv.envs)
+    rewards, raw, term, trunc = np.zeros(n), np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
+    next_obs, episodes, env_steps = [], [], 0
+    for i, env in enumerate(venv.envs):
+        res = env.step(chunks[i])
+        env_steps += res.n_steps
+        raw[i] = res.reward
+        rewards[i] = float(res.success) if reward == "success" else res.reward
+        term[i], trunc[i] = res.terminated, res.truncated
+        st = venv.ep_stats[i]
+        st["return"] += res.reward
+        st["length"] += res.n_steps
+        st["success"] = st["success"] or res.success
+        next_obs.append(res.obs)
+        if res.terminated or res.truncated:
+            episodes.append(dict(st))
+            venv.ep_stats[i] = {"return": 0.0, "length": 0, "success": False}
+            venv.obs[i] = venv._reset(env)
+        else:
+            venv.obs[i] = res.obs
+    return ChunkStep(next_obs, rewards, raw, term, trunc, env_steps, episodes)
+
+
 ActFn = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]  # obs -> {"actions": (N,H,Da), extras...}
 ValueFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # obs -> (N,)
 
@@ -120,27 +158,13 @@ def collect(venv: VecChunkEnv, act: ActFn, value: ValueFn, unnormalize: Callable
         v = value(obs)
         t_inf += time.perf_counter() - t0
         chunks = unnormalize(out["actions"].clamp(-1.0, 1.0)).cpu().numpy()  # (N, H, Da) env units
-        rewards, term, trunc = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
-        finals: dict[int, dict[str, np.ndarray]] = {}
         t0 = time.perf_counter()
-        for i, env in enumerate(venv.envs):
-            res = env.step(chunks[i])
-            env_steps += res.n_steps
-            rewards[i] = float(res.success) if reward == "success" else res.reward
-            term[i], trunc[i] = res.terminated, res.truncated
-            st = venv.ep_stats[i]
-            st["return"] += res.reward
-            st["length"] += res.n_steps
-            st["success"] = st["success"] or res.success
-            if res.terminated or res.truncated:
-                episodes.append(dict(st))
-                venv.ep_stats[i] = {"return": 0.0, "length": 0, "success": False}
-                if res.truncated and not res.terminated:
-                    finals[i] = res.obs  # the real final observation, for bootstrapping
-                venv.obs[i] = venv._reset(env)
-            else:
-                venv.obs[i] = res.obs
+        res = step_chunks(venv, chunks, reward)
         t_env += time.perf_counter() - t0
+        env_steps += res.env_steps
+        episodes += res.episodes
+        rewards, term, trunc = res.rewards, res.terminated, res.truncated
+        finals = {i: res.next_obs[i] for i in range(n) if trunc[i] and not term[i]}  # real final obs, to bootstrap
         fv = torch.zeros(n, device=device)
         if finals:
             idx = sorted(finals)

@@ -55,6 +55,9 @@ class GenerativePolicy(nn.Module):
             self.net.requires_grad_(False)
         else:
             self.net_ft = None
+        from genpolicy.policies.steering import make_steer
+
+        self.steer = make_steer(cfg, self.obs_encoder.out_dim, cfg.horizon * shape.action_dim)
         self._history = ObsHistory(cfg.n_obs_steps)
         self._queue = ActionQueue()
 
@@ -233,6 +236,8 @@ class GenerativePolicy(nn.Module):
         were executed), the chunk starts from the re-noised unexecuted tail and runs only the last warm_start_steps.
         """
         cond = self.encode(obs)
+        if self.steer is not None and noise is None:
+            return self.unnormalize_actions(self.steered_sample(cond, generator).clamp(-1.0, 1.0))
         warm = self.cfg.warm_start_steps
         if prev is not None and warm > 0:
             ta = self.cfg.n_action_steps
@@ -247,6 +252,23 @@ class GenerativePolicy(nn.Module):
                 noise = self.initial_noise(cond.shape[0], generator) * self.cfg.init_noise_scale
             x = self.sample(cond, noise=noise, generator=generator)
         return self.unnormalize_actions(x.clamp(-1.0, 1.0))
+
+    @torch.no_grad()
+    def steered_sample(self, cond: torch.Tensor, generator: Optional[torch.Generator] = None,
+                       explore: bool = False) -> dict[str, torch.Tensor] | torch.Tensor:
+        """The steered policy's normalised chunk (B, H, Da). DSRL: the noise actor's mean (or a sample when exploring)
+        through the deterministic sampler. EXPO: the Q-argmax over N base samples and M edits.
+        With explore=True returns a dict with the chunk ("actions") and what was chosen ("w" for DSRL)."""
+        b, h, da = cond.shape[0], self.cfg.horizon, self.shape.action_dim
+        if self.cfg.steer == "dsrl":
+            out = self.steer(cond, deterministic=not explore, generator=generator)
+            x = self.sample(cond, noise=out["w"].view(b, h, da))
+            return {"actions": x, "w": out["w"]} if explore else x
+        n = self.steer.n_base
+        base = self.sample(cond.repeat_interleave(n, 0), generator=generator).clamp(-1.0, 1.0).view(b, n, h * da)
+        pick = self.steer.select(cond, base, deterministic=not explore, generator=generator)
+        x = pick["action"].view(b, h, da)
+        return {"actions": x, "index": pick["index"]} if explore else x
 
     def reset(self) -> None:
         """Forget observation history and pending actions (call at every episode start)."""

@@ -1,0 +1,130 @@
+"""DSRL: steer a frozen diffusion/flow policy by RL over its initial noise (Wagenmaker et al., 2025).
+
+The base policy is a deterministic map w -> chunk (DDIM eta=0 or Euler); its weights never change. A tanh-Gaussian
+noise actor pi_W(w | s) in [-m, m]^D (m = action_magnitude, respected by both variants) is trained by:
+  sac: SAC on Q(s, w), the env seen through the noise space;
+  na:  noise-aliased. Q^A(s, a) on executed chunks (offline demonstrations too),
+       y = r + gamma (1 - d) [min_j Qbar^A_j(s', pi_dp(s', w')) - alpha log pi_W(w' | s')],  w' ~ pi_W(s');
+       Q^W(s, w) distilled from Q^A on fresh w ~ N(0, I) clipped to [-m, m]:  sum_j (Q^W_j(s, w) - Q^A_j(s, pi_dp(s, w)))^2;
+       the actor minimises alpha log pi_W(w | s) - min_j Q^W_j(s, w).
+Base-policy calls inside the updates go through the policy's fast sampler (no autograd, cached conditioning).
+
+Shapes: B batch, D = H * Da (a flattened chunk or noise), Dc conditioning dim, E critic heads.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from genpolicy.finetune.offpolicy import QEnsemble, Temperature, soft_update, td_target
+from genpolicy.finetune.ppo import policy_for_finetuning
+
+
+class DSRL:
+    def __init__(self, bc: Any, cfg: Any, device: torch.device) -> None:
+        c, oc = cfg.dsrl, cfg.offpolicy
+        changes: dict[str, Any] = {"steer": "dsrl", "steer_scale": c.action_magnitude, "steer_width": c.width,
+                                   "steer_depth": c.depth}
+        if bc.cfg.type == "diffusion":
+            changes.update(sampler="ddim", eta=0.0)  # deterministic map from w to the chunk
+        elif bc.cfg.sampler not in ("euler", "shortcut", "heun", "midpoint"):
+            changes["sampler"] = "euler"
+        self.policy = policy_for_finetuning(bc, "dsrl", bc.cfg.type, device, **changes)
+        self.policy.requires_grad_(False)
+        self.policy.steer.requires_grad_(True)  # the only trainable part: the base weights never change
+        self.cfg, self.oc, self.device = c, oc, device
+        self.variant = c.variant
+        dc, d = self.policy.obs_encoder.out_dim, self.policy.cfg.horizon * self.policy.shape.action_dim
+        self.d = d
+        self.uses_offline = c.variant == "na"  # Q^A is action-space: demonstrations fit it
+        self.extra_specs = {"w": (d,)}
+        w, depth = oc.critic_width, oc.critic_depth
+        if c.variant == "sac":
+            self.q = QEnsemble(dc, d, c.n_q, w, depth).to(device)  # Q(s, w)
+        else:
+            self.q = QEnsemble(dc, d, c.n_q, w, depth).to(device)  # Q^A(s, a)
+            self.qw = QEnsemble(dc, d, c.n_q, w, depth).to(device)  # Q^W(s, w)
+            self.opt_qw = torch.optim.Adam(self.qw.parameters(), lr=oc.lr)
+        self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        self.temp = Temperature(oc.init_temperature, c.target_entropy * d).to(device)
+        self.opt_actor = torch.optim.Adam(self.policy.steer.parameters(), lr=oc.lr)
+        self.opt_q = torch.optim.Adam(self.q.parameters(), lr=oc.lr)
+        self.opt_temp = torch.optim.Adam(self.temp.parameters(), lr=oc.lr)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        m = {"q": self.q, "q_target": self.q_target, "temperature": self.temp}
+        return m | ({"qw": self.qw} if self.variant == "na" else {})
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        o = {"actor": self.opt_actor, "q": self.opt_q, "temperature": self.opt_temp}
+        return o | ({"qw": self.opt_qw} if self.variant == "na" else {})
+
+    def describe(self) -> dict[str, Any]:
+        return {"variant": self.variant, "action_magnitude": self.cfg.action_magnitude, "noise_dim": self.d,
+                "sampler": self.policy.cfg.sampler, "steps": self.policy.cfg.steps}
+
+    @torch.no_grad()
+    def act(self, obs: dict[str, torch.Tensor], warmup: bool) -> dict[str, torch.Tensor]:
+        cond = self.policy.encode(obs)
+        b, h, da = cond.shape[0], self.policy.cfg.horizon, self.policy.shape.action_dim
+        if warmup:  # the base policy itself: w ~ N(0, I)
+            w = torch.randn(b, self.d, device=cond.device)
+            return {"actions": self.policy.sample(cond, noise=w.view(b, h, da)).clamp(-1.0, 1.0), "w": w}
+        out = self.policy.steered_sample(cond, explore=True)
+        return {"actions": out["actions"].clamp(-1.0, 1.0), "w": out["w"]}
+
+    def _decode(self, cond: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """The base policy as a map: (B, Dc), (B, D) noise -> (B, D) normalised chunk (fast path, no gradients)."""
+        b, h, da = cond.shape[0], self.policy.cfg.horizon, self.policy.shape.action_dim
+        with torch.no_grad():
+            return self.policy.sample(cond, noise=w.view(b, h, da)).clamp(-1.0, 1.0).reshape(b, -1)
+
+    def critic_target(self, batch: dict[str, torch.Tensor], cond_next: torch.Tensor) -> torch.Tensor:
+        """The TD target of the critic this variant trains (sac: Q(s, w); na: Q^A(s, a))."""
+        with torch.no_grad():
+            nxt = self.policy.steer(cond_next)
+            arg = nxt["w"] if self.variant == "sac" else self._decode(cond_next, nxt["w"])
+            next_q = self.q_target(cond_next, arg).min(0).values - self.temp.alpha * nxt["log_prob"]  # (B,)
+            return td_target(batch["reward"], batch["terminated"], next_q, self.oc.gamma)
+
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        enc = lambda x: self.policy.encode({"state": x})  # noqa: E731  (frozen encoder)
+        with torch.no_grad():
+            cond, cond_next = enc(batch["obs"]), enc(batch["next_obs"])
+        b = cond.shape[0]
+        y = self.critic_target(batch, cond_next)  # (B,)
+        arg = batch["w"] if self.variant == "sac" else batch["action"].reshape(b, -1)
+        q = self.q(cond, arg)  # (E, B)
+        loss_q = ((q - y) ** 2).mean(1).sum()
+        self.opt_q.zero_grad()
+        loss_q.backward()
+        self.opt_q.step()
+        stats = {"loss_q": loss_q.item(), "q_mean": q.mean().item()}
+        if self.variant == "na":
+            m = self.cfg.action_magnitude
+            for _ in range(self.cfg.qw_steps):
+                w = torch.randn(b, self.d, device=cond.device).clamp(-m, m)  # fresh noise, inside the actor's bound
+                with torch.no_grad():
+                    target = self.q(cond, self._decode(cond, w))  # (E, B) Q^A_j(s, pi_dp(s, w))
+                loss_w = ((self.qw(cond, w) - target) ** 2).mean(1).sum()
+                self.opt_qw.zero_grad()
+                loss_w.backward()
+                self.opt_qw.step()
+            stats["loss_qw"] = loss_w.item()
+        out = self.policy.steer(cond)
+        critic = self.q if self.variant == "sac" else self.qw
+        q_pi = critic(cond, out["w"])  # (E, B)
+        loss_pi = (self.temp.alpha.detach() * out["log_prob"] - q_pi.min(0).values).mean()
+        self.opt_actor.zero_grad()
+        loss_pi.backward()
+        self.opt_actor.step()
+        loss_t = self.temp.loss(out["log_prob"])
+        self.opt_temp.zero_grad()
+        loss_t.backward()
+        self.opt_temp.step()
+        soft_update(self.q_target, self.q, self.oc.tau)
+        return stats | {"loss_pi": loss_pi.item(), "alpha": self.temp.alpha.item(),
+                        "entropy_per_dim": -out["log_prob"].mean().item() / self.d}
