@@ -96,7 +96,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     meta = {"command": ".venv/bin/python " + " ".join(sys.argv), "machine": f"{os.uname().machine}, {os.cpu_count()} CPUs",
             "versions": versions(), "task": TASK, "checkpoint": ckpt, "episodes_per_row": args.episodes,
-            "episode_seeds": f"{DeployConfig.seed}..{DeployConfig.seed + args.episodes - 1}", "torch_threads": args.threads}
+            "episode_seeds": f"{DeployConfig.seed}..{DeployConfig.seed + args.episodes - 1}", "torch_threads": args.threads,
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
     (out / "controller.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     write_report(rows, meta, out)
 

@@ -143,6 +143,16 @@ def test_exception_in_the_loop_still_ends_with_hold() -> None:
     assert np.array_equal(robot.sent[-1], robot.hold_action())
 
 
+def test_context_manager_holds_and_disconnects_on_error() -> None:
+    ctl, robot, _ = _setup(Runner(value=0.5))
+    with pytest.raises(KeyboardInterrupt):
+        with ctl:
+            ctl.run_episode(max_steps=5)
+            robot.send_action(np.array([0.7, 0.7]))  # the last command before the failure is not a hold
+            raise KeyboardInterrupt
+    assert np.array_equal(robot.sent[-1], robot.hold_action()) and not robot.is_connected
+
+
 def test_inference_errors_are_counted_and_the_loop_survives() -> None:
     ctl, robot, _ = _setup(Runner(fail=True), stop_after_s=0.3)
     rep = ctl.run_episode(max_steps=1000)

@@ -73,6 +73,18 @@ class Controller:
         self.request_every = cfg.request_every or spec.n_action_steps
         self.keys = ["state"] + [f"image.{c}" for c in spec.cameras]
 
+    def __enter__(self) -> "Controller":
+        """Connect (if needed); leaving the block sends the hold command and disconnects, whatever happened."""
+        if not self.robot.is_connected:
+            self.robot.connect()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._hold_safely()
+        finally:
+            self.robot.disconnect()
+
     def _window(self, hist: deque) -> dict[str, np.ndarray]:
         return {k: np.stack([o[k] for o in hist]) for k in self.keys}  # {key: (To, ...)}
 

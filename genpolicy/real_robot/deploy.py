@@ -140,9 +140,7 @@ def deploy(cfg: DeployConfig) -> dict[str, Any]:
             from genpolicy.real_robot.recorder import EpisodeRecorder
 
             recorder = EpisodeRecorder(run_dir, cfg.controller.rate_hz, task)
-        robot.connect()
-        stack.callback(robot.disconnect)
-        ctl = Controller(robot, worker, safety, spec, cfg.controller, clock)
+        ctl = stack.enter_context(Controller(robot, worker, safety, spec, cfg.controller, clock))  # connects
         max_steps = cfg.controller.max_steps or sim.max_episode_steps
         episodes, lateness, jumps, step_changes = [], [], [], []
         bar = tqdm(range(cfg.n_episodes), desc="deploy", unit="ep", disable=not cfg.run.progress)

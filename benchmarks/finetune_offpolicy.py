@@ -1,0 +1,144 @@
+"""Off-policy fine-tuning benchmark: DSRL and EXPO from the same weak Meta-World BC checkpoints as the on-policy one.
+
+Uses benchmarks/finetune_onpolicy.py's weak checkpoints (same work directory, same demos and BC settings; flow family)
+and the `metaworld` preset's offpolicy/dsrl/expo sections. Writes benchmarks/results/finetune_offpolicy.md, .json
+(a list `rows`, one per algorithm, task and seed, same keys as finetune_onpolicy.json) and one plot per task with all
+five algorithms (on-policy curves read from finetune_onpolicy.json when present).
+
+    .venv/bin/python benchmarks/finetune_offpolicy.py --seeds 0 --threads 1
+    .venv/bin/python benchmarks/finetune_offpolicy.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import torch  # noqa: E402
+
+from genpolicy.cli import compose  # noqa: E402
+from genpolicy.config import FinetuneConfig  # noqa: E402
+from genpolicy.finetune.ppo import finetune  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bc_metaworld import versions  # noqa: E402
+from finetune_onpolicy import TASKS, weak_bc  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "results"
+ALGOS = ["dsrl", "expo"]
+ALL = ["dppo", "fpo", "reinflow", "dsrl", "expo"]
+
+
+def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Path) -> dict:
+    bc = weak_bc(task, "flow", args, work)
+    run_dir = work / f"{task.replace('/', '_')}_{algo}_seed{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cfg = compose("finetune", [f"algo={algo}", f"ckpt={bc['ckpt']}", f"task={task}", "preset=metaworld",
+                               f"run.dir={run_dir}", f"run.seed={seed}", "run.progress=false",
+                               f"offpolicy.env_steps={args.env_steps}", *args.overrides], FinetuneConfig)
+    res = finetune(cfg)
+    return {"algo": algo, "task": task, "seed": seed, "bc_success_50ep": bc["success"],
+            "start_success": res["start_success"], "final_success": res["final_success"],
+            "start_return": res["start_return"], "final_return": res["final_return"], "env_steps": res["env_steps"],
+            "wallclock_s": res["wallclock_s"], "env_steps_to_90": res["env_steps_to_90"],
+            "wallclock_s_to_90": res["wallclock_s_to_90"], "updates": res["updates"], "curve": res["curve"],
+            "eval_episodes": cfg.eval.n_episodes, "utd": cfg.offpolicy.utd, "critic_width": cfg.offpolicy.critic_width}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", nargs="+", default=TASKS)
+    ap.add_argument("--algos", nargs="+", default=ALGOS)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--env-steps", type=int, default=60_000)
+    ap.add_argument("--demos", type=int, default=3)
+    ap.add_argument("--demo-noise", type=float, default=1.0)
+    ap.add_argument("--detour", type=float, default=0.3)
+    ap.add_argument("--bc-steps", type=int, default=300)
+    ap.add_argument("--work", default="runs/bench_ft")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--report", action="store_true")
+    ap.add_argument("overrides", nargs="*", help="extra finetune overrides, e.g. offpolicy.utd=1")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out, work = Path(args.out), Path(args.work)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    js = out / "finetune_offpolicy.json"
+    for task in ([] if args.report else args.tasks):
+        for algo in args.algos:
+            for seed in args.seeds:
+                data = json.loads(js.read_text()) if js.exists() else {"rows": []}
+                if any((r["task"], r["algo"], r["seed"]) == (task, algo, seed) for r in data["rows"]):
+                    continue
+                print(f"[bench] {task} {algo} seed {seed}", flush=True)
+                row = run_one(task, algo, seed, args, work)
+                print(f"[bench]   {row['start_success']:.2f} -> {row['final_success']:.2f}, "
+                      f"to 90%: {row['env_steps_to_90']} env steps", flush=True)
+                with open(out / "finetune_offpolicy.lock", "w") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    data = json.loads(js.read_text()) if js.exists() else {"rows": []}
+                    data["rows"].append(row)
+                    cmds = data.setdefault("meta", {}).setdefault("commands", [])
+                    cmd = ".venv/bin/python " + " ".join(sys.argv)
+                    if cmd not in cmds:
+                        cmds.append(cmd)
+                    data["meta"].update(versions=versions(), machine=f"{os.uname().machine}, {os.cpu_count()} CPUs",
+                                        setup=vars(args) | {"overrides": args.overrides})
+                    tmp = js.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(data, indent=2))
+                    tmp.replace(js)
+    if js.exists():
+        write_report(json.loads(js.read_text()), out)
+
+
+def write_report(data: dict, out: Path) -> None:
+    rows, meta = data["rows"], data.get("meta", {})
+    onp = out / "finetune_onpolicy.json"
+    on_rows = json.loads(onp.read_text())["rows"] if onp.exists() else []
+    lines = ["# Off-policy RL fine-tuning on Meta-World (DSRL, EXPO)", "",
+             "Commands: " + "; ".join(f"`{c}`" for c in meta.get("commands", [])),
+             f"Machine: {meta.get('machine', '-')}; versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()),
+             "", "Start: the weak flow BC checkpoints of the on-policy benchmark. Reward: 1 for the chunk in which "
+             "Meta-World reports success (episodes end there). Env steps count every executed step (chunk size "
+             "included). Settings: `preset=metaworld` (offpolicy / dsrl / expo sections).", "",
+             "| task | algo | seed | start | final | env steps | to 90% (env steps) | to 90% (s) | updates | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["task"], r["algo"], r["seed"])):
+        lines.append(f"| {r['task']} | {r['algo']} | {r['seed']} | {r['start_success']:.2f} | {r['final_success']:.2f} | "
+                     f"{r['env_steps']} | {r['env_steps_to_90'] or '-'} | {r['wallclock_s_to_90'] or '-'} | "
+                     f"{r['updates']} | {r['wallclock_s']:.0f} |")
+    lines += [""] + [f"![{t}](finetune_offpolicy_{t.split('/')[-1]}.png)" for t in sorted({r["task"] for r in rows})] + [""]
+    (out / "finetune_offpolicy.md").write_text("\n".join(lines))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    for task in sorted({r["task"] for r in rows}):
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        for i, algo in enumerate(ALL):
+            for r in [r for r in rows + on_rows if r["task"] == task and r["algo"] == algo]:
+                ax.plot([p["env_steps"] for p in r["curve"]], [p["success_rate"] for p in r["curve"]], color=f"C{i}",
+                        alpha=0.8, label=algo if r["seed"] == 0 else None)
+        ax.axhline(0.9, color="gray", ls="--", lw=0.8)
+        ax.set(title=task.split("/")[-1], xlabel="env steps", ylabel="success", ylim=(-0.02, 1.02))
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / f"finetune_offpolicy_{task.split('/')[-1]}.png", dpi=110)
+        plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
