@@ -181,3 +181,13 @@ def test_recorder_crash_keeps_the_previous_dataset(tmp_path: Path, monkeypatch) 
     rec2 = EpisodeRecorder(tmp_path / "rec", 30, "toy/bimodal")  # a restarted deploy appends to the journal
     rec2.add(frames(3, 0.3), {"episode": 2})
     assert import_lerobot(tmp_path / "rec" / "dataset").n_episodes == 3
+
+
+def test_cli_deploy_smoke(toy_ckpt: Path, tmp_path: Path, capsys) -> None:
+    from genpolicy.cli import main
+
+    rc = main(["deploy", f"ckpt={toy_ckpt}", "n_episodes=1", f"run.dir={tmp_path / 'd'}", "run.progress=false",
+               "controller.rate_hz=50"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "success_rate=" in out and "recorded:" in out
+    assert main(["deploy", f"ckpt={toy_ckpt}", "controller.blending=sideways"]) == 2  # bad config: one line, exit 2
