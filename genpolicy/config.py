@@ -343,6 +343,7 @@ class DSRLConfig:
     width: int = 256  # noise actor
     depth: int = 2
     qw_steps: int = 1  # NA: Q^W distillation steps per update
+    backup_entropy: bool = False  # the entropy term in the TD backup; off: with sparse 0/1 rewards it swamps them
     target_entropy: float = -1.0  # per noise dimension (SAC's -|A| is -1.0); the reference NA uses 0.0 in total
 
     def __post_init__(self) -> None:

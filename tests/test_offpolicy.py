@@ -32,7 +32,7 @@ def _batch(b: int = 16, h: int = 8, da: int = 2) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("variant", ["sac", "na"])
 def test_dsrl_td_target_matches_a_plain_loop(toy_bc_ckpts, tmp_path, variant) -> None:
-    cfg = _cfg("dsrl", toy_bc_ckpts["flow"], tmp_path, f"dsrl.variant={variant}")
+    cfg = _cfg("dsrl", toy_bc_ckpts["flow"], tmp_path, f"dsrl.variant={variant}", "dsrl.backup_entropy=true")
     algo = make_offpolicy_algo("dsrl", load_policy(toy_bc_ckpts["flow"]), cfg, torch.device("cpu"))
     batch = _batch()
     cond_next = algo.policy.encode({"state": batch["next_obs"]})

@@ -4,7 +4,8 @@ The base policy is a deterministic map w -> chunk (DDIM eta=0 or Euler); its wei
 noise actor pi_W(w | s) in [-m, m]^D (m = action_magnitude, respected by both variants) is trained by:
   sac: SAC on Q(s, w), the env seen through the noise space;
   na:  noise-aliased. Q^A(s, a) on executed chunks (offline demonstrations too),
-       y = r + gamma (1 - d) [min_j Qbar^A_j(s', pi_dp(s', w')) - alpha log pi_W(w' | s')],  w' ~ pi_W(s');
+       y = r + gamma (1 - d) [min_j Qbar^A_j(s', pi_dp(s', w')) - alpha log pi_W(w' | s')],  w' ~ pi_W(s')
+       (the entropy term only with dsrl.backup_entropy=true: the pi0 repos drop it, and 0/1 rewards drown in it);
        Q^W(s, w) distilled from Q^A on fresh w ~ N(0, I) clipped to [-m, m]:  sum_j (Q^W_j(s, w) - Q^A_j(s, pi_dp(s, w)))^2;
        the actor minimises alpha log pi_W(w | s) - min_j Q^W_j(s, w).
 Base-policy calls inside the updates go through the policy's fast sampler (no autograd, cached conditioning).
@@ -87,7 +88,9 @@ class DSRL:
         with torch.no_grad():
             nxt = self.policy.steer(cond_next)
             arg = nxt["w"] if self.variant == "sac" else self._decode(cond_next, nxt["w"])
-            next_q = self.q_target(cond_next, arg).min(0).values - self.temp.alpha * nxt["log_prob"]  # (B,)
+            next_q = self.q_target(cond_next, arg).min(0).values  # (B,)
+            if self.cfg.backup_entropy:
+                next_q = next_q - self.temp.alpha * nxt["log_prob"]
             return td_target(batch["reward"], batch["terminated"], next_q, self.oc.gamma)
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
