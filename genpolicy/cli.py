@@ -253,7 +253,8 @@ def cmd_deploy(args: list[str]) -> int:
     print(f"run: {res['run_dir']}")
     print(f"{res['task']} on robot={res['robot']} at {res['rate_hz']:.0f} Hz: success_rate={res['success_rate']:.2f} over "
           f"{res['n_episodes']} episodes (success = {res['success_definition']})")
-    print(f"inference latency p50 {res['latency_ms_p50']} ms, overruns {res['overruns']}, safety: "
+    lat = "-" if res["latency_ms_p50"] is None else f"{res['latency_ms_p50']:.1f}"
+    print(f"inference latency p50 {lat} ms, loop jitter p99 {res['jitter_p99_ms']:.2f} ms, overruns {res['overruns']}, safety: "
           + ", ".join(f"{k}={v}" for k, v in c.items()))
     if res["dataset"]:
         print(f"recorded: {res['dataset']} (LeRobot v3)")

@@ -224,6 +224,7 @@ def finetune_offpolicy(cfg: Any) -> dict[str, Any]:
                               "(or offpolicy.offline_data=none)")
         demo = demo_transitions(ReplayBuffer.load(path, keys=["action", "state"]), pc.n_obs_steps, pc.horizon,
                                 pc.n_action_steps, policy.normalize_actions)
+        demo["reward"] = demo["reward"] + oc.reward_offset  # the same reward as online transitions
         offline = DictReplay({k: specs[k] for k in demo}, len(demo["reward"])).to(device)
         offline.add(demo)
     run_dir = make_run_dir(cfg.run, f"finetune-{slug(task)}-{cfg.algo}")
