@@ -29,7 +29,7 @@ from genpolicy.finetune.ppo import finetune  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bc_metaworld import versions  # noqa: E402
-from finetune_onpolicy import TASKS, weak_bc  # noqa: E402
+from finetune_onpolicy import TASKS, _dash, weak_bc  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 ALGOS = ["dsrl", "expo"]
@@ -49,7 +49,8 @@ def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Pat
             "start_return": res["start_return"], "final_return": res["final_return"], "env_steps": res["env_steps"],
             "wallclock_s": res["wallclock_s"], "env_steps_to_90": res["env_steps_to_90"],
             "wallclock_s_to_90": res["wallclock_s_to_90"], "updates": res["updates"], "curve": res["curve"],
-            "eval_episodes": cfg.eval.n_episodes, "utd": cfg.offpolicy.utd, "critic_width": cfg.offpolicy.critic_width}
+            "eval_episodes": cfg.eval.n_episodes, "utd": cfg.offpolicy.utd, "critic_width": cfg.offpolicy.critic_width,
+            "bc_recipe": f"{args.demos} demos, noise {args.demo_noise}, detour {args.detour}, {args.bc_steps} BC steps"}
 
 
 def main() -> None:
@@ -58,10 +59,10 @@ def main() -> None:
     ap.add_argument("--algos", nargs="+", default=ALGOS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--env-steps", type=int, default=60_000)
-    ap.add_argument("--demos", type=int, default=3)
+    ap.add_argument("--demos", type=int, default=10)
     ap.add_argument("--demo-noise", type=float, default=1.0)
     ap.add_argument("--detour", type=float, default=0.3)
-    ap.add_argument("--bc-steps", type=int, default=300)
+    ap.add_argument("--bc-steps", type=int, default=120)
     ap.add_argument("--work", default="runs/bench_ft")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default=str(OUT))
@@ -111,11 +112,13 @@ def write_report(data: dict, out: Path) -> None:
              "", "Start: the weak flow BC checkpoints of the on-policy benchmark. Reward: 1 for the chunk in which "
              "Meta-World reports success (episodes end there). Env steps count every executed step (chunk size "
              "included). Settings: `preset=metaworld` (offpolicy / dsrl / expo sections).", "",
-             "| task | algo | seed | start | final | env steps | to 90% (env steps) | to 90% (s) | updates | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| task | algo | seed | weak BC recipe | start | final | env steps | to 90% (env steps) | to 90% (s) | updates | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["task"], r["algo"], r["seed"])):
-        lines.append(f"| {r['task']} | {r['algo']} | {r['seed']} | {r['start_success']:.2f} | {r['final_success']:.2f} | "
-                     f"{r['env_steps']} | {r['env_steps_to_90'] or '-'} | {r['wallclock_s_to_90'] or '-'} | "
+        recipe = r.get("bc_recipe") or "{demos} demos, noise {demo_noise}, detour {detour}, {bc_steps} BC steps".format(
+            **meta.get("setup", {}))
+        lines.append(f"| {r['task']} | {r['algo']} | {r['seed']} | {recipe} | {r['start_success']:.2f} | {r['final_success']:.2f} | "
+                     f"{r['env_steps']} | {_dash(r['env_steps_to_90'])} | {_dash(r['wallclock_s_to_90'])} | "
                      f"{r['updates']} | {r['wallclock_s']:.0f} |")
     lines += [""] + [f"![{t}](finetune_offpolicy_{t.split('/')[-1]}.png)" for t in sorted({r["task"] for r in rows})] + [""]
     (out / "finetune_offpolicy.md").write_text("\n".join(lines))
