@@ -118,3 +118,12 @@ def test_offpolicy_resume_continues(toy_bc_ckpts, tmp_path) -> None:
                 "run.resume=true")
     second = finetune(cfg2)
     assert second["env_steps"] > first["env_steps"] and second["curve"][: len(first["curve"])] == first["curve"]
+
+
+def test_dsrl_checkpoint_refuses_another_sampler(toy_bc_ckpts, tmp_path) -> None:
+    from genpolicy.errors import ConfigError
+
+    cfg = _cfg("dsrl", toy_bc_ckpts["flow"], tmp_path)
+    algo = make_offpolicy_algo("dsrl", load_policy(toy_bc_ckpts["flow"]), cfg, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="steered by DSRL"):
+        algo.policy.set_sampler(steps=3)

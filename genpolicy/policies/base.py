@@ -114,6 +114,10 @@ class GenerativePolicy(nn.Module):
             raise ConfigError(f"this policy was fine-tuned on the last {self.cfg.ft_steps} steps of {self.cfg.sampler} "
                               f"{self.cfg.steps} ({self.cfg.timestep_spacing}); another grid would evaluate a different "
                               f"policy, so the sampler and steps are fixed")
+        if self.cfg.steer == "dsrl" and any(getattr(new, k) != getattr(self.cfg, k)
+                                            for k in ("sampler", "steps", "eta", "timestep_spacing")):
+            raise ConfigError(f"this policy was steered by DSRL through {self.cfg.sampler} {self.cfg.steps}; its noise "
+                              "actor only means something for that exact map, so the sampler and steps are fixed")
         self.cfg = new
         self._on_sampler_change()
 
