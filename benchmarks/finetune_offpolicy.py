@@ -109,9 +109,12 @@ def write_report(data: dict, out: Path) -> None:
     lines = ["# Off-policy RL fine-tuning on Meta-World (DSRL, EXPO)", "",
              "Commands: " + "; ".join(f"`{c}`" for c in meta.get("commands", [])),
              f"Machine: {meta.get('machine', '-')}; versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()),
-             "", "Start: the weak flow BC checkpoints of the on-policy benchmark. Reward: 1 for the chunk in which "
-             "Meta-World reports success (episodes end there). Env steps count every executed step (chunk size "
-             "included). Settings: `preset=metaworld` (offpolicy / dsrl / expo sections).", "",
+             "", "Start: weak flow BC checkpoints built by finetune_onpolicy.py's `weak_bc` with the recipe in each row "
+             "(success of the BC checkpoint on 20 held-out episodes in `start`). Reward: 1 for the chunk in which "
+             "Meta-World reports success (episodes end there) plus `offpolicy.reward_offset` (-1 per chunk in the "
+             "preset). Env steps count every executed step (chunk size included). Settings: `preset=metaworld` "
+             "(offpolicy / dsrl / expo sections: 4 envs, utd 1, critics 2x256, DSRL-SAC, action magnitude 1.5). "
+             "Success: 20 held-out episodes of the steered policy, deterministic noise actor.", "",
              "| task | algo | seed | weak BC recipe | start | final | env steps | to 90% (env steps) | to 90% (s) | updates | wall s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["task"], r["algo"], r["seed"])):
