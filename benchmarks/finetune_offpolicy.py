@@ -50,7 +50,7 @@ def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Pat
             "wallclock_s": res["wallclock_s"], "env_steps_to_90": res["env_steps_to_90"],
             "wallclock_s_to_90": res["wallclock_s_to_90"], "updates": res["updates"], "curve": res["curve"],
             "eval_episodes": cfg.eval.n_episodes, "utd": cfg.offpolicy.utd, "critic_width": cfg.offpolicy.critic_width,
-            "bc_recipe": f"{args.demos} demos, noise {args.demo_noise}, detour {args.detour}, {args.bc_steps} BC steps"}
+            "bc_recipe": _args_recipe(args)}
 
 
 def main() -> None:
@@ -79,7 +79,8 @@ def main() -> None:
         for algo in args.algos:
             for seed in args.seeds:
                 data = json.loads(js.read_text()) if js.exists() else {"rows": []}
-                if any((r["task"], r["algo"], r["seed"]) == (task, algo, seed) for r in data["rows"]):
+                if any((r["task"], r["algo"], r["seed"], _recipe(r, data.get("meta", {}))) == (task, algo, seed, _args_recipe(args))
+                       for r in data["rows"]):
                     continue
                 print(f"[bench] {task} {algo} seed {seed}", flush=True)
                 row = run_one(task, algo, seed, args, work)
@@ -93,13 +94,23 @@ def main() -> None:
                     cmd = ".venv/bin/python " + " ".join(sys.argv)
                     if cmd not in cmds:
                         cmds.append(cmd)
-                    data["meta"].update(versions=versions(), machine=f"{os.uname().machine}, {os.cpu_count()} CPUs",
-                                        setup=vars(args) | {"overrides": args.overrides})
+                    data["meta"].update(versions=versions(), machine=f"{os.uname().machine}, {os.cpu_count()} CPUs")
+                    data["meta"].setdefault("setup", vars(args) | {"overrides": args.overrides})  # the first run's
                     tmp = js.with_suffix(".tmp")
                     tmp.write_text(json.dumps(data, indent=2))
                     tmp.replace(js)
     if js.exists():
         write_report(json.loads(js.read_text()), out)
+
+
+def _args_recipe(args: argparse.Namespace) -> str:
+    return f"{args.demos} demos, noise {args.demo_noise}, detour {args.detour}, {args.bc_steps} BC steps"
+
+
+def _recipe(row: dict, meta: dict) -> str:
+    """The weak-BC recipe of a row (rows written before it was recorded take the file's setup)."""
+    return row.get("bc_recipe") or "{demos} demos, noise {demo_noise}, detour {detour}, {bc_steps} BC steps".format(
+        **meta.get("setup", {}))
 
 
 def write_report(data: dict, out: Path) -> None:
@@ -118,8 +129,7 @@ def write_report(data: dict, out: Path) -> None:
              "| task | algo | seed | weak BC recipe | start | final | env steps | to 90% (env steps) | to 90% (s) | updates | wall s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["task"], r["algo"], r["seed"])):
-        recipe = r.get("bc_recipe") or "{demos} demos, noise {demo_noise}, detour {detour}, {bc_steps} BC steps".format(
-            **meta.get("setup", {}))
+        recipe = _recipe(r, meta)
         lines.append(f"| {r['task']} | {r['algo']} | {r['seed']} | {recipe} | {r['start_success']:.2f} | {r['final_success']:.2f} | "
                      f"{r['env_steps']} | {_dash(r['env_steps_to_90'])} | {_dash(r['wallclock_s_to_90'])} | "
                      f"{r['updates']} | {r['wallclock_s']:.0f} |")
