@@ -144,9 +144,12 @@ def write_report(data: dict, out: Path) -> None:
     lines = ["# On-policy RL fine-tuning on Meta-World (DPPO, FPO, ReinFlow)", "",
              "Commands: " + "; ".join(f"`{c}`" for c in meta.get("commands", [])),
              f"Machine: {meta.get('machine', '-')}; versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()),
-             "", "Start: weak BC checkpoints (few noisy demonstrations; diffusion for DPPO, flow for FPO and ReinFlow). "
-             "Reward: 1 for the chunk in which Meta-World reports success (episodes end there), `preset=metaworld`. "
-             "Success: held-out evaluation episodes of the policy being fine-tuned, deterministic sampling as saved.", "",
+             "", "Start: weak BC checkpoints ({demos} noisy scripted demonstrations, noise {demo_noise}, detour {detour}, "
+             "{bc_steps} BC steps; diffusion for DPPO, flow for FPO and ReinFlow; `BC success` on 50 episodes). Reward: 1 "
+             "for the chunk in which Meta-World reports success (episodes end there), `preset=metaworld` (+ FPO clip "
+             "0.05, DPPO minibatch 1500). Success: 20 held-out episodes of the policy being fine-tuned, sampled as it is "
+             "saved (seeded random initial noise).".format(**{"demos": "?", "demo_noise": "?", "detour": "?", "bc_steps": "?"}
+                                                          | meta.get("setup", {})), "",
              "| task | algo | seed | BC success | start | final | env steps | to 90% (env steps) | to 90% (s) | wall s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["task"], r["algo"], r["seed"])):
