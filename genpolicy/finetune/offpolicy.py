@@ -174,7 +174,6 @@ def make_offpolicy_algo(name: str, bc: Any, cfg: Any, device: torch.device) -> O
 def finetune_offpolicy(cfg: Any) -> dict[str, Any]:
     """Fine-tune a BC checkpoint with DSRL or EXPO; returns the same summary as the on-policy loop."""
     import json
-    import shutil
     import time
     from dataclasses import asdict
     from pathlib import Path
@@ -182,35 +181,19 @@ def finetune_offpolicy(cfg: Any) -> dict[str, Any]:
     from genpolicy.datasets.replay_buffer import ReplayBuffer
     from genpolicy.errors import ConfigError, DataError
     from genpolicy.finetune.ppo import steps_to
-    from genpolicy.finetune.rollout import VecChunkEnv, step_chunks
+    from genpolicy.finetune.common import load_start, make_venv, restore_or_refuse, rng_state, save_rotating
+    from genpolicy.finetune.rollout import step_chunks
     from genpolicy.training.bc import _StopFlag
-    from genpolicy.training.checkpoint import load_finetune_state, load_policy, read_config, save_checkpoint
     from genpolicy.training.evaluate import evaluate
-    from genpolicy.training.runs import MetricsLogger, make_run_dir, progress_bar, resolve_device, slug
+    from genpolicy.training.runs import MetricsLogger, make_run_dir, progress_bar, slug
 
-    if not cfg.ckpt:
-        raise ConfigError("finetune needs a BC checkpoint: genpolicy finetune algo=... ckpt=runs/<run>/checkpoints/best")
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
-    device = resolve_device(cfg.run.device)
-    torch.manual_seed(cfg.run.seed)
+    start = load_start(cfg)
+    device, task, source, bc = start["device"], start["task"], start["source"], start["bc"]
     oc = cfg.offpolicy
-    source = read_config(cfg.ckpt)
-    task = cfg.task.name or source.get("task", {}).get("name", "")
-    if not task:
-        raise ConfigError(f"{cfg.ckpt}: the checkpoint does not name its task; pass task=<suite/name>")
-    bc = load_policy(cfg.ckpt, use_ema=cfg.use_ema, device=device)
-    if bc.shape.cameras:
-        raise ConfigError(f"{cfg.ckpt}: off-policy fine-tuning here supports state observations; this policy uses "
-                          f"cameras {bc.shape.cameras}")
     algo = make_offpolicy_algo(cfg.algo, bc, cfg, device)
     policy = algo.policy
     pc = policy.cfg
-    venv = VecChunkEnv(task, oc.n_envs, pc.n_obs_steps, pc.n_action_steps, seed=20_000_000 + 1_000_000 * cfg.run.seed,
-                       max_episode_steps=cfg.task.max_episode_steps)
-    if venv.spec.action_dim != policy.shape.action_dim or venv.spec.state_dim != policy.shape.state_dim:
-        raise DataError(f"task '{task}' has state/action dims ({venv.spec.state_dim}, {venv.spec.action_dim}) but "
-                        f"{cfg.ckpt} expects ({policy.shape.state_dim}, {policy.shape.action_dim})")
+    venv = make_venv(cfg, task, policy, oc.n_envs, seed=20_000_000 + 1_000_000 * cfg.run.seed)
     specs = {"obs": (pc.n_obs_steps, policy.shape.state_dim), "next_obs": (pc.n_obs_steps, policy.shape.state_dim),
              "action": (pc.horizon, policy.shape.action_dim), "reward": (), "terminated": (), **algo.extra_specs}
     online = DictReplay(specs, oc.capacity).to(device)
@@ -228,7 +211,6 @@ def finetune_offpolicy(cfg: Any) -> dict[str, Any]:
         offline = DictReplay({k: specs[k] for k in demo}, len(demo["reward"])).to(device)
         offline.add(demo)
     run_dir = make_run_dir(cfg.run, f"finetune-{slug(task)}-{cfg.algo}")
-    ckpt_root = run_dir / "checkpoints"
     saved_cfg = {"task": {"name": task, "max_episode_steps": cfg.task.max_episode_steps},
                  "finetune": {**asdict(cfg), "exploration": algo.describe()}, "source_checkpoint": str(cfg.ckpt)}
     modules = {"replay": online, **algo.modules()}
@@ -237,19 +219,10 @@ def finetune_offpolicy(cfg: Any) -> dict[str, Any]:
     per_iter = oc.chunk_steps_per_iter
     n_iters = max(1, math.ceil(oc.env_steps / (per_iter * oc.n_envs * pc.n_action_steps)))
     start_it, env_steps, curve, wall0, summary, n_updates = 0, 0, [], 0.0, {}, 0
-    latest = max(ckpt_root.glob("it_*"), default=None) if ckpt_root.exists() else None
-    if cfg.run.resume:
-        if latest is None:
-            raise ConfigError(f"{run_dir}: run.resume=true but no checkpoint under {ckpt_root}")
-        st = load_finetune_state(latest, policy, modules, optimizers)
+    st = restore_or_refuse(cfg, run_dir, policy, modules, optimizers, gen, venv)
+    if st is not None:
         start_it, env_steps, curve, wall0 = st["iteration"], st["env_steps"], st["curve"], st["wallclock_s"]
         summary, n_updates = st["summary"], st["updates"]
-        gen.set_state(torch.tensor(st["generator"], dtype=torch.uint8))
-        torch.set_rng_state(torch.tensor(st["torch_rng"], dtype=torch.uint8))
-        venv.next_seed = st["env_next_seed"]
-        venv.obs = [venv._reset(e) for e in venv.envs]
-    elif latest is not None:
-        raise ConfigError(f"{run_dir}: already holds fine-tuning checkpoints; continue with run.resume=true or choose a new run.dir")
 
     def run_eval(tag: str) -> dict[str, Any]:
         return evaluate(policy, task, n_episodes=cfg.eval.n_episodes, n_envs=cfg.eval.n_envs, seed=cfg.eval.seed,
@@ -268,13 +241,8 @@ def finetune_offpolicy(cfg: Any) -> dict[str, Any]:
 
     def save(it: int) -> Path:
         state = {"iteration": it, "env_steps": env_steps, "curve": curve, "wallclock_s": time.time() - t_start,
-                 "summary": summary, "updates": n_updates, "generator": gen.get_state().tolist(),
-                 "torch_rng": torch.get_rng_state().tolist(), "env_next_seed": venv.next_seed}
-        path = save_checkpoint(ckpt_root / f"it_{it:06d}", policy, saved_cfg, it, trainer_state=state,
-                               modules=modules, optimizers=optimizers)
-        for old in sorted(ckpt_root.glob("it_*"))[:-2]:
-            shutil.rmtree(old, ignore_errors=True)
-        return path
+                 "summary": summary, "updates": n_updates, **rng_state(gen, venv)}
+        return save_rotating(run_dir, it, policy, saved_cfg, state, modules, optimizers)
 
     bar = progress_bar(n_iters, f"{cfg.algo} {task}", "it", cfg.run.progress, initial=start_it)
     last_path = None

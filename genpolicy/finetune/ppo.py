@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,8 +27,8 @@ import torch
 from torch import nn
 
 from genpolicy.config import FinetuneConfig, PolicyConfig, PPOConfig
-from genpolicy.errors import ConfigError, DataError
-from genpolicy.finetune.rollout import RewardScaler, Rollout, VecChunkEnv, collect
+from genpolicy.errors import ConfigError
+from genpolicy.finetune.rollout import RewardScaler, Rollout, collect
 from genpolicy.policies import make_policy
 from genpolicy.policies.base import GenerativePolicy
 from genpolicy.policies.networks.common import layernorm_mlp
@@ -218,39 +217,22 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         from genpolicy.finetune.offpolicy import finetune_offpolicy
 
         return finetune_offpolicy(cfg)
+    from genpolicy.finetune.common import load_start, make_venv, restore_or_refuse, rng_state, save_rotating
     from genpolicy.training.bc import _StopFlag
-    from genpolicy.training.checkpoint import load_finetune_state, load_policy, read_config, save_checkpoint
     from genpolicy.training.evaluate import evaluate
-    from genpolicy.training.runs import MetricsLogger, make_run_dir, progress_bar, resolve_device, slug
+    from genpolicy.training.runs import MetricsLogger, make_run_dir, progress_bar, slug
 
-    if not cfg.ckpt:
-        raise ConfigError("finetune needs a BC checkpoint: genpolicy finetune algo=... ckpt=runs/<run>/checkpoints/best")
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
-    device = resolve_device(cfg.run.device)
-    torch.manual_seed(cfg.run.seed)
-    source = read_config(cfg.ckpt)
-    task = cfg.task.name or source.get("task", {}).get("name", "")
-    if not task:
-        raise ConfigError(f"{cfg.ckpt}: the checkpoint does not name its task; pass task=<suite/name>")
-    bc = load_policy(cfg.ckpt, use_ema=cfg.use_ema, device=device)
-    if bc.shape.cameras:
-        raise ConfigError(f"{cfg.ckpt}: on-policy fine-tuning here supports state observations; this policy uses cameras "
-                          f"{bc.shape.cameras}")
-    algo = make_algo(cfg.algo, bc, cfg, device)
+    start = load_start(cfg)
+    device, task = start["device"], start["task"]
+    algo = make_algo(cfg.algo, start["bc"], cfg, device)
     policy = algo.policy.eval()  # eval mode throughout: deterministic crops, no dropout; gradients still flow
     pc = cfg.ppo
-    venv = VecChunkEnv(task, pc.n_envs, policy.cfg.n_obs_steps, policy.cfg.n_action_steps,
-                       seed=10_000_000 + 1_000_000 * cfg.run.seed, max_episode_steps=cfg.task.max_episode_steps)
-    if venv.spec.action_dim != policy.shape.action_dim or venv.spec.state_dim != policy.shape.state_dim:
-        raise DataError(f"task '{task}' has state/action dims ({venv.spec.state_dim}, {venv.spec.action_dim}) but "
-                        f"{cfg.ckpt} expects ({policy.shape.state_dim}, {policy.shape.action_dim})")
+    venv = make_venv(cfg, task, policy, pc.n_envs, seed=10_000_000 + 1_000_000 * cfg.run.seed)
     critic = ValueNet(policy.obs_encoder.out_dim, pc.critic_width, pc.critic_depth).to(device)
     opt_actor = torch.optim.AdamW(algo.actor_parameters(), lr=pc.actor_lr, weight_decay=0.0)
     opt_critic = torch.optim.AdamW(critic.parameters(), lr=pc.critic_lr, weight_decay=0.0)
     scaler = RewardScaler(pc.gamma) if pc.reward_scale else None
     run_dir = make_run_dir(cfg.run, f"finetune-{slug(task)}-{cfg.algo}")
-    ckpt_root = run_dir / "checkpoints"
     saved_cfg = {"task": {"name": task, "max_episode_steps": cfg.task.max_episode_steps},
                  "finetune": {**asdict(cfg), "exploration": algo.describe()}, "source_checkpoint": str(cfg.ckpt)}
     modules = {"critic": critic, **algo.modules()}
@@ -258,23 +240,13 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(cfg.run.seed)
     start_it, env_steps, curve, wall0 = 0, 0, [], 0.0
     summary: dict[str, Any] = {}
-    latest = max(ckpt_root.glob("it_*"), default=None) if ckpt_root.exists() else None
-    if cfg.run.resume:
-        if latest is None:
-            raise ConfigError(f"{run_dir}: run.resume=true but no checkpoint under {ckpt_root}")
-        st = load_finetune_state(latest, policy, modules, optimizers)
+    st = restore_or_refuse(cfg, run_dir, policy, modules, optimizers, gen, venv)
+    if st is not None:
         start_it, env_steps, curve, wall0 = st["iteration"], st["env_steps"], st["curve"], st["wallclock_s"]
         summary = st["summary"]
         if scaler is not None and st.get("scaler"):
             scaler.load(st["scaler"])
-            scaler.ret = None  # the episodes it summed are gone: envs restart below
-        gen.set_state(torch.tensor(st["generator"], dtype=torch.uint8))
-        torch.set_rng_state(torch.tensor(st["torch_rng"], dtype=torch.uint8))
-        # resume at the iteration boundary: episodes in flight restart, with seeds that continue the sequence
-        venv.next_seed = st["env_next_seed"]
-        venv.obs = [venv._reset(e) for e in venv.envs]
-    elif latest is not None:
-        raise ConfigError(f"{run_dir}: already holds fine-tuning checkpoints; continue with run.resume=true or choose a new run.dir")
+            scaler.ret = None  # the episodes it summed are gone: envs restarted
 
     def run_eval(tag: str) -> dict[str, Any]:
         return evaluate(policy, task, n_episodes=cfg.eval.n_episodes, n_envs=cfg.eval.n_envs, seed=cfg.eval.seed,
@@ -293,14 +265,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
     def save(it: int) -> Path:
         state = {"iteration": it, "env_steps": env_steps, "curve": curve, "wallclock_s": time.time() - t_start,
-                 "summary": summary, "scaler": scaler.state() if scaler else None,
-                 "generator": gen.get_state().tolist(), "torch_rng": torch.get_rng_state().tolist(),
-                 "env_next_seed": venv.next_seed}
-        path = save_checkpoint(ckpt_root / f"it_{it:06d}", policy, saved_cfg, it, trainer_state=state,
-                               modules=modules, optimizers=optimizers)
-        for old in sorted(ckpt_root.glob("it_*"))[:-2]:  # keep the last two
-            shutil.rmtree(old, ignore_errors=True)
-        return path
+                 "summary": summary, "scaler": scaler.state() if scaler else None, **rng_state(gen, venv)}
+        return save_rotating(run_dir, it, policy, saved_cfg, state, modules, optimizers)
 
     bar = progress_bar(pc.iterations, f"{cfg.algo} {task}", "it", cfg.run.progress, initial=start_it)
     last_path: Optional[Path] = None

@@ -1,0 +1,88 @@
+"""What the on-policy (ppo.py) and off-policy (offpolicy.py) fine-tuning loops share: loading the start checkpoint,
+building the env set, resuming at an iteration boundary, and rotating checkpoints."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from genpolicy.errors import ConfigError, DataError
+from genpolicy.finetune.rollout import VecChunkEnv
+
+
+def load_start(cfg: Any) -> dict[str, Any]:
+    """Threads, device and seed from cfg.run; the BC checkpoint and its task. Returns {device, source, task, bc}."""
+    from genpolicy.training.checkpoint import load_policy, read_config
+    from genpolicy.training.runs import resolve_device
+
+    if not cfg.ckpt:
+        raise ConfigError("finetune needs a BC checkpoint: genpolicy finetune algo=... ckpt=runs/<run>/checkpoints/best")
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    device = resolve_device(cfg.run.device)
+    torch.manual_seed(cfg.run.seed)
+    source = read_config(cfg.ckpt)
+    task = cfg.task.name or source.get("task", {}).get("name", "")
+    if not task:
+        raise ConfigError(f"{cfg.ckpt}: the checkpoint does not name its task; pass task=<suite/name>")
+    bc = load_policy(cfg.ckpt, use_ema=cfg.use_ema, device=device)
+    if bc.shape.cameras:
+        raise ConfigError(f"{cfg.ckpt}: fine-tuning here supports state observations; this policy uses cameras "
+                          f"{bc.shape.cameras}")
+    return {"device": device, "source": source, "task": task, "bc": bc}
+
+
+def make_venv(cfg: Any, task: str, policy: Any, n_envs: int, seed: int) -> VecChunkEnv:
+    """The training envs, checked against the policy's dims."""
+    venv = VecChunkEnv(task, n_envs, policy.cfg.n_obs_steps, policy.cfg.n_action_steps, seed=seed,
+                       max_episode_steps=cfg.task.max_episode_steps)
+    if venv.spec.action_dim != policy.shape.action_dim or venv.spec.state_dim != policy.shape.state_dim:
+        raise DataError(f"task '{task}' has state/action dims ({venv.spec.state_dim}, {venv.spec.action_dim}) but "
+                        f"{cfg.ckpt} expects ({policy.shape.state_dim}, {policy.shape.action_dim})")
+    return venv
+
+
+def restore_or_refuse(cfg: Any, run_dir: Path, policy: Any, modules: dict, optimizers: dict,
+                      gen: torch.Generator, venv: VecChunkEnv) -> Optional[dict[str, Any]]:
+    """With run.resume: load the latest it_* checkpoint, restore RNGs and env seeds, return its trainer state.
+    Without: refuse a run dir that already holds checkpoints (never overwrite a run). Returns None on a fresh run."""
+    from genpolicy.training.checkpoint import load_finetune_state
+
+    ckpt_root = run_dir / "checkpoints"
+    latest = max(ckpt_root.glob("it_*"), default=None) if ckpt_root.exists() else None
+    if not cfg.run.resume:
+        if latest is not None:
+            raise ConfigError(f"{run_dir}: already holds fine-tuning checkpoints; continue with run.resume=true or "
+                              "choose a new run.dir")
+        return None
+    if latest is None:
+        raise ConfigError(f"{run_dir}: run.resume=true but no checkpoint under {ckpt_root}")
+    st = load_finetune_state(latest, policy, modules, optimizers)
+    gen.set_state(torch.tensor(st["generator"], dtype=torch.uint8))
+    torch.set_rng_state(torch.tensor(st["torch_rng"], dtype=torch.uint8))
+    # resume at the iteration boundary: episodes in flight restart, with seeds that continue the sequence
+    venv.next_seed = st["env_next_seed"]
+    venv.obs = [venv._reset(e) for e in venv.envs]
+    return st
+
+
+def rng_state(gen: torch.Generator, venv: VecChunkEnv) -> dict[str, Any]:
+    """The part of the trainer state that `restore_or_refuse` puts back."""
+    return {"generator": gen.get_state().tolist(), "torch_rng": torch.get_rng_state().tolist(),
+            "env_next_seed": venv.next_seed}
+
+
+def save_rotating(run_dir: Path, it: int, policy: Any, saved_cfg: dict, state: dict, modules: dict,
+                  optimizers: dict, keep: int = 2) -> Path:
+    """checkpoints/it_XXXXXX (atomic), then delete all but the newest `keep`."""
+    from genpolicy.training.checkpoint import save_checkpoint
+
+    ckpt_root = run_dir / "checkpoints"
+    path = save_checkpoint(ckpt_root / f"it_{it:06d}", policy, saved_cfg, it, trainer_state=state, modules=modules,
+                           optimizers=optimizers)
+    for old in sorted(ckpt_root.glob("it_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
