@@ -12,7 +12,6 @@ five algorithms (on-policy curves read from finetune_onpolicy.json when present)
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import shutil
@@ -28,8 +27,7 @@ from genpolicy.config import FinetuneConfig  # noqa: E402
 from genpolicy.finetune.ppo import finetune  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bc_metaworld import versions  # noqa: E402
-from finetune_onpolicy import TASKS, _dash, weak_bc  # noqa: E402
+from finetune_onpolicy import TASKS, _dash, append_row, weak_bc  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 ALGOS = ["dsrl", "expo"]
@@ -86,19 +84,7 @@ def main() -> None:
                 row = run_one(task, algo, seed, args, work)
                 print(f"[bench]   {row['start_success']:.2f} -> {row['final_success']:.2f}, "
                       f"to 90%: {row['env_steps_to_90']} env steps", flush=True)
-                with open(out / "finetune_offpolicy.lock", "w") as lock:
-                    fcntl.flock(lock, fcntl.LOCK_EX)
-                    data = json.loads(js.read_text()) if js.exists() else {"rows": []}
-                    data["rows"].append(row)
-                    cmds = data.setdefault("meta", {}).setdefault("commands", [])
-                    cmd = ".venv/bin/python " + " ".join(sys.argv)
-                    if cmd not in cmds:
-                        cmds.append(cmd)
-                    data["meta"].update(versions=versions(), machine=f"{os.uname().machine}, {os.cpu_count()} CPUs")
-                    data["meta"].setdefault("setup", vars(args) | {"overrides": args.overrides})  # the first run's
-                    tmp = js.with_suffix(".tmp")
-                    tmp.write_text(json.dumps(data, indent=2))
-                    tmp.replace(js)
+                append_row(js, row, vars(args) | {"overrides": args.overrides}, keep_first_setup=True)
     if js.exists():
         write_report(json.loads(js.read_text()), out)
 

@@ -117,22 +117,29 @@ def main() -> None:
                 row = run_one(task, algo, seed, args, work)
                 print(f"[bench]   {row['start_success']:.2f} -> {row['final_success']:.2f}, "
                       f"to 90%: {row['env_steps_to_90']} env steps", flush=True)
-                with open(out / "finetune_onpolicy.lock", "w") as lock:
-                    fcntl.flock(lock, fcntl.LOCK_EX)
-                    data = json.loads(js.read_text()) if js.exists() else {"rows": []}
-                    data["rows"].append(row)
-                    cmds = data.setdefault("meta", {}).setdefault("commands", [])
-                    cmd = ".venv/bin/python " + " ".join(sys.argv)
-                    if cmd not in cmds:
-                        cmds.append(cmd)
-                    data["meta"].update(versions=versions(), machine=f"{os.uname().machine}, {os.cpu_count()} CPUs",
-                                        setup=vars(args) | {"overrides": args.overrides})
-                    tmp = js.with_suffix(".tmp")
-                    tmp.write_text(json.dumps(data, indent=2))
-                    tmp.replace(js)
+                append_row(js, row, vars(args) | {"overrides": args.overrides})
     if js.exists():
         data = json.loads(js.read_text())
         write_report(data, out)
+
+
+def append_row(js: Path, row: dict, setup: dict, keep_first_setup: bool = False) -> None:
+    """Add one row to a results JSON under a file lock (several workers share it), recording the command, versions,
+    machine and setup; written to a temporary file and renamed, so the JSON is never half-written."""
+    with open(js.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(js.read_text()) if js.exists() else {"rows": []}
+        data["rows"].append(row)
+        meta = data.setdefault("meta", {})
+        cmd = ".venv/bin/python " + " ".join(sys.argv)
+        if cmd not in meta.setdefault("commands", []):
+            meta["commands"].append(cmd)
+        meta.update(versions=versions(), machine=f"{os.uname().machine}, {os.cpu_count()} CPUs")
+        if not (keep_first_setup and "setup" in meta):
+            meta["setup"] = setup
+        tmp = js.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(js)
 
 
 def _dash(v: object) -> str:
