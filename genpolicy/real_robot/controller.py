@@ -98,8 +98,7 @@ class Controller:
         frames: dict[str, list] = {k: [] for k in (*self.keys, "action", "policy_action", "held", "clamped",
                                                    "lateness_ms", "t")}
         self.safety.reset()
-        for r in self.inference.poll():  # results of a previous episode must not leak in
-            pass
+        self.inference.poll()  # drop results of a previous episode: they must not leak in
         errors0, counts0 = self.inference.errors, dict(self.safety.counts)
         last_request, invalid_since, gap, held, chunks, status = -10**9, None, 0, 0, 0, "max_steps"
         prev_sent, prev_owner, last_policy = None, None, None

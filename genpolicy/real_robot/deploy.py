@@ -34,13 +34,7 @@ def serve(cfg: ServeCommandConfig, ready: Any = None) -> None:
     server = PolicyServer(runner, cfg.serve)
     host, port = server.start()
     print(f"listening on {host}:{port}", flush=True)
-    stop = {"flag": False}
-
-    def _stop(*_: Any) -> None:
-        stop["flag"] = True
-        server._stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGTERM, lambda *_: server._stop.set())  # SIGTERM ends serve_forever like Ctrl-C
     try:
         server.serve_forever()
     except KeyboardInterrupt:
