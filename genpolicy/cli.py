@@ -168,7 +168,7 @@ def cmd_data(args: list[str]) -> int:
         rb = generate(cfg.task.name, cfg.data.n_episodes, seed=cfg.data.seed, noise=cfg.data.noise,
                       detour_prob=cfg.data.detour_prob, images=cfg.task.images, keep_failed=cfg.data.keep_failed,
                       max_episode_steps=cfg.task.max_episode_steps, progress=cfg.progress,
-                      expert_path=cfg.data.expert_path)
+                      expert_path=cfg.data.expert_path, image_size=cfg.task.image_size)
         rb.save(out)
         print(f"wrote {out}: {rb.n_episodes} episodes, {rb.n_steps} steps; expert success rate "
               f"{rb.attrs['expert_success_rate']:.2f} over {rb.attrs['expert_attempts']} attempts "

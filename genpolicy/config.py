@@ -64,6 +64,9 @@ class PolicyConfig:
     image_size: int = 84
     crop_ratio: float = 0.9
     image_feature_dim: int = 64
+    # which state dims the policy sees (empty = all). Camera policies use proprioception only, e.g. Meta-World
+    # [0,1,2,3,18,19,20,21] (hand xyz + gripper, now and one frame back), so objects are seen through the cameras.
+    state_indices: list[int] = field(default_factory=list)
     mask_padded_actions: bool = False  # Diffusion Policy does not mask; kept as an option
     # steering, set by off-policy fine-tuning (genpolicy/policies/steering.py); saved so a checkpoint deploys as tuned
     steer: str = "none"  # none | dsrl (a latent-noise policy picks the initial noise) | expo (edit + Q-argmax)
@@ -121,6 +124,8 @@ class PolicyConfig:
             m = 2 ** (len(self.down_dims) - 1)
             _check(self.horizon % m == 0,
                    f"policy.network=unet with {len(self.down_dims)} levels needs policy.horizon divisible by {m}, got {self.horizon}")
+        _check(all(i >= 0 for i in self.state_indices) and len(set(self.state_indices)) == len(self.state_indices),
+               f"policy.state_indices must be distinct non-negative indices, got {list(self.state_indices)}")
         _check(0.0 < self.crop_ratio <= 1.0, f"policy.crop_ratio must be in (0, 1], got {self.crop_ratio}")
 
 
@@ -131,6 +136,11 @@ class TaskConfig:
     name: str = "metaworld/drawer-open-v3"
     images: bool = False  # add camera observations (image.<cam>) for camera policies
     max_episode_steps: int = 0  # 0 = the task's own default
+    image_size: int = 0  # camera frames, square pixels, when recording demos; 0 = the task's own default (84)
+
+    def __post_init__(self) -> None:
+        _check(self.max_episode_steps >= 0, f"task.max_episode_steps must be >= 0, got {self.max_episode_steps}")
+        _check(self.image_size == 0 or self.image_size >= 16, f"task.image_size must be 0 or >= 16, got {self.image_size}")
 
 
 @dataclass

@@ -117,15 +117,16 @@ def test_nan_actions_are_reported(tmp_path: Path) -> None:
 
 
 def test_camera_policy_trains_and_evaluates(tmp_path: Path) -> None:
-    """ResNet-18 (GroupNorm, spatial softmax, random crop) on the toy task's top-down camera, end to end."""
-    gp("data", "generate", "task=toy/bimodal", "task.images=true", "data.n_episodes=3", "output=img.zarr",
-       "progress=false", cwd=tmp_path)
+    """ResNet-18 (GroupNorm, spatial softmax, random crop) on the toy task's top-down camera, end to end, at a
+    non-default frame size (recorded 40 px; evaluation must render what the policy was trained on)."""
+    gp("data", "generate", "task=toy/bimodal", "task.images=true", "task.image_size=40", "data.n_episodes=3",
+       "output=img.zarr", "progress=false", cwd=tmp_path)
     info = gp("data", "info", "img.zarr", cwd=tmp_path).stdout
-    assert "image.top" in info and "uint8" in info
+    assert "image.top" in info and "uint8" in info and "40, 40" in info
     gp("train", "task=toy/bimodal", "task.images=true", "data.path=img.zarr", "run.dir=run", "eval.n_videos=0",
        *TINY, "train.steps=3", "train.batch_size=4", cwd=tmp_path)
     cfg = json.loads((tmp_path / "run" / "checkpoints" / "best" / "config.json").read_text())
-    assert cfg["policy"]["shape"]["cameras"] == ["top"]
+    assert cfg["policy"]["shape"]["cameras"] == ["top"] and cfg["policy"]["shape"]["image_size"] == 40
     assert json.loads((tmp_path / "run" / "eval" / "eval.json").read_text())["n_episodes"] == 2
 
 

@@ -236,3 +236,23 @@ def test_shortcut_targets_vanish_for_a_straight_flow() -> None:
     p.velocity = lambda x, t, cond, d=None: (a - z)  # type: ignore[method-assign]
     err = p._shortcut_loss(torch.zeros(16, 1), a, z, torch.Generator().manual_seed(0))
     assert err.shape == (16,) and torch.allclose(err, torch.zeros(16), atol=1e-10)
+
+
+def test_state_indices_hide_the_other_state_dims() -> None:
+    """A policy with state_indices conditions on those dims only: changing any other dim leaves the chunk as is."""
+    from genpolicy.errors import ConfigError
+
+    p = _policy(type="flow", sampler="euler", state_indices=[0, 3])
+    obs = _obs()
+    changed = {"state": obs["state"].clone()}
+    changed["state"][..., [1, 2, 4]] += 5.0
+    seen = {"state": obs["state"].clone()}
+    seen["state"][..., 3] += 5.0
+    a, b, c = (p.predict_chunk(o, generator=torch.Generator().manual_seed(0)) for o in (obs, changed, seen))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    assert p.obs_encoder.out_dim == 2 * 2  # To * len(state_indices)
+    with pytest.raises(ConfigError, match="state_indices"):
+        _policy(state_indices=[0, 5])
+    with pytest.raises(ConfigError, match="state_indices"):
+        tiny_policy_cfg(state_indices=[1, 1])

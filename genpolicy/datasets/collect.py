@@ -14,13 +14,14 @@ from genpolicy.envs.registry import make_env, make_expert
 
 def generate(task: str, n_episodes: int, seed: int = 0, noise: float = 0.0, detour_prob: float = 0.0,
              images: bool = False, keep_failed: bool = False, max_episode_steps: int = 0,
-             progress: bool = True, max_attempts_factor: int = 3, expert_path: str = "") -> ReplayBuffer:
+             progress: bool = True, max_attempts_factor: int = 3, expert_path: str = "",
+             image_size: int = 0) -> ReplayBuffer:
     """Run the task's expert until `n_episodes` episodes are kept (successes only unless keep_failed).
 
     Episode i uses env seed `seed + i`. The buffer's attrs record the expert's success rate over all attempts and
     its mean return. Tasks with no success notion (locomotion) keep every episode.
     """
-    env = make_env(task, seed=seed, images=images, max_episode_steps=max_episode_steps)
+    env = make_env(task, seed=seed, images=images, max_episode_steps=max_episode_steps, image_size=image_size)
     expert = make_expert(task, noise=noise, detour_prob=detour_prob, seed=seed, expert_path=expert_path)
     keep_failed = keep_failed or env.spec.success_definition.startswith("none")
     returns: list[float] = []

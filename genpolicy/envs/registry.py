@@ -41,9 +41,12 @@ def _split(name: str) -> tuple[str, str]:
     return suite, task
 
 
-def make_env(name: str, seed: int = 0, images: bool = False, max_episode_steps: int = 0, **kw: Any) -> Env:
-    """Build one environment instance."""
+def make_env(name: str, seed: int = 0, images: bool = False, max_episode_steps: int = 0, image_size: int = 0,
+             **kw: Any) -> Env:
+    """Build one environment instance. `image_size` (square, pixels; 0 = the task's default) applies with images."""
     suite, task = _split(name)
+    if images and image_size > 0:
+        kw["image_size"] = image_size
     if suite == "toy":
         from genpolicy.envs.toy import ToyEnv
 

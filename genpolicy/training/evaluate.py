@@ -25,7 +25,9 @@ def evaluate(policy: GenerativePolicy, task: str, n_episodes: int = 50, n_envs: 
     policy.eval()
     images = bool(policy.shape.cameras) if images is None else images
     n_envs = max(1, min(n_envs, n_episodes))
-    envs = [ChunkedEnv(make_env(task, seed=seed, images=images, max_episode_steps=max_episode_steps),
+    # camera policies see frames of the size they were trained on
+    size = policy.shape.image_size if images else 0
+    envs = [ChunkedEnv(make_env(task, seed=seed, images=images, max_episode_steps=max_episode_steps, image_size=size),
                        policy.cfg.n_obs_steps, policy.cfg.n_action_steps) for _ in range(n_envs)]
     spec = envs[0].spec
     if spec.action_dim != policy.shape.action_dim or spec.state_dim != policy.shape.state_dim:

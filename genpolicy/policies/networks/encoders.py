@@ -5,10 +5,12 @@ Shapes: B batch, To observation steps, Ds state dim, 3xHxW images (uint8 in, flo
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
+
+from genpolicy.errors import ConfigError
 
 
 class SpatialSoftmax(nn.Module):
@@ -84,14 +86,22 @@ class ObsEncoder(nn.Module):
     """Normalised observation dict {state: (B,To,Ds), image.<cam>: (B,To,3,H,W)} -> cond (B, To*(Ds + n_cams*F))."""
 
     def __init__(self, state_dim: int, cameras: tuple[str, ...], n_obs_steps: int, image_size: int = 84,
-                 crop_ratio: float = 0.9, feature_dim: int = 64) -> None:
+                 crop_ratio: float = 0.9, feature_dim: int = 64, state_indices: Sequence[int] = ()) -> None:
         super().__init__()
         self.cameras = tuple(cameras)
+        bad = [i for i in state_indices if i >= state_dim]
+        if bad:
+            raise ConfigError(f"policy.state_indices {bad} out of range for a state of dim {state_dim}")
+        # not persistent: the saved PolicyConfig carries the selection, and older checkpoints still load
+        self.register_buffer("state_indices", torch.as_tensor(list(state_indices), dtype=torch.long), persistent=False)
+        state_dim = len(state_indices) or state_dim
         self.images = nn.ModuleDict({cam: ImageEncoder(image_size, crop_ratio, feature_dim) for cam in self.cameras})
         self.out_dim = n_obs_steps * (state_dim + len(self.cameras) * feature_dim)
 
     def forward(self, obs: dict[str, torch.Tensor], generator: Optional[torch.Generator] = None) -> torch.Tensor:
         state = obs["state"]  # (B, To, Ds)
+        if self.state_indices.numel():
+            state = state.index_select(-1, self.state_indices)  # (B, To, Ds') only the dims the policy may see
         b, to = state.shape[:2]
         parts = [state]
         for cam in self.cameras:
