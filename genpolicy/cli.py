@@ -93,6 +93,8 @@ def cmd_train(args: list[str]) -> int:
     _, overrides = _split_args(args)
     cfg = compose("train", overrides, TrainConfig)
     res = train(cfg)
+    if res["eval"] is None:  # a torchrun rank other than 0: rank 0 evaluates and reports
+        return 0
     ev = res["eval"]
     print(f"run: {res['run_dir']}")
     print(f"best checkpoint: {res['best_checkpoint']} (success {res['best']['success_rate']:.2f} at step {res['best']['step']})")
