@@ -6,6 +6,7 @@
     genpolicy data info data/push.zarr
     genpolicy data expert task=gym/hopper-v5 expert.stop_return=1500   (SAC "medium" expert -> data/experts/...)
     genpolicy train task=metaworld/door-open-v3 policy=flow policy.steps=4
+    torchrun --standalone --nproc_per_node=2 -m genpolicy.cli train ...   (data parallel; train.batch_size is global)
     genpolicy eval ckpt=runs/<run>/checkpoints/best [policy sampler/steps overrides: sampler=shortcut steps=1]
     genpolicy envs list
     genpolicy finetune algo=reinflow ckpt=runs/<bc run>/checkpoints/best task=toy/bimodal-right preset=toy
