@@ -4,7 +4,8 @@
 
 Each rank writes <out_dir>/rank<r>.safetensors with its final parameters (`model.*`) and EMA (`ema.*`) as they are in
 memory, plus the weights it started from (`init.*`, fitted normaliser included), so the test can compare ranks with
-each other, with rank 0's checkpoint, and with a single-process replay.
+each other, with rank 0's checkpoint, and with a single-process replay. DDP_WORKER_CRASH=<rank>:<step> makes that
+rank raise in that step, to check that the others do not hang.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def _init_spy(self: EMA, model, *args, **kwargs) -> None:
 
 
 def _update_spy(self: EMA, model, step: int) -> None:
+    if os.environ.get("DDP_WORKER_CRASH") == f"{os.environ['RANK']}:{step}":  # fault injection: this rank dies here
+        raise RuntimeError(f"injected failure on rank {os.environ['RANK']} at step {step}")
     seen["model"] = model
     _ema_update(self, model, step)
 

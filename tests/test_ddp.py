@@ -24,13 +24,15 @@ COMMON = ["task=toy/bimodal", "policy=flow", "policy.shortcut=false", "policy.wi
           "eval.n_videos=0", "train.dist_timeout_s=120"]
 
 
-def torchrun(tmp_path: Path, evidence: Path, *overrides: str) -> subprocess.CompletedProcess:
+def torchrun(tmp_path: Path, evidence: Path, *overrides: str, ok: bool = True, **env_extra: str
+             ) -> subprocess.CompletedProcess:
     evidence.mkdir()
-    env = dict(os.environ, MUJOCO_GL="egl", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, MUJOCO_GL="egl", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **env_extra)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
            str(evidence), "train", *COMMON, *overrides]
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
-    assert res.returncode == 0, f"torchrun failed:\n{res.stdout}\n{res.stderr[-4000:]}"
+    if ok:
+        assert res.returncode == 0, f"torchrun failed:\n{res.stdout}\n{res.stderr[-4000:]}"
     return res
 
 
@@ -121,6 +123,26 @@ def test_torchrun_two_ranks_one_writer_same_update_as_one_process(tmp_path: Path
     diff = max_abs_diff({k: v.detach() for k, v in policy.state_dict().items()}, prefixed(q0, "model."))
     print(f"resumed DDP vs single process after {STEPS + MORE} steps: max abs parameter diff {diff:.2e}")
     assert diff < 1e-5
+
+
+@pytest.mark.slow
+def test_a_failing_rank_ends_the_job_instead_of_hanging_it(tmp_path: Path) -> None:
+    """Rank 1 dies in the third step (index 2) while rank 0 waits on a collective: the job must fail well inside the
+    timeout and leave the last complete checkpoint (step 2) to resume from."""
+    import time
+
+    from genpolicy.datasets.collect import generate
+
+    generate("toy/bimodal", 4, seed=0, progress=False).save(tmp_path / "toy.zarr")
+    t0 = time.monotonic()
+    res = torchrun(tmp_path, tmp_path / "ev", "train.steps=4", "train.dist_timeout_s=60", ok=False,
+                   DDP_WORKER_CRASH="1:2")
+    assert res.returncode != 0 and "injected failure on rank 1 at step 2" in res.stderr
+    assert time.monotonic() - t0 < 50  # torchrun stops rank 0 when rank 1 exits; no wait for the 60 s timeout
+    from genpolicy.training.checkpoint import read_manifest
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["0000002"] and read_manifest(ckpts / "0000002")["step"] == 2
 
 
 def test_dist_env_and_config_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
