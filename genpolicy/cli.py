@@ -6,6 +6,7 @@
     genpolicy data info data/push.zarr
     genpolicy data expert task=gym/hopper-v5 expert.stop_return=1500   (SAC "medium" expert -> data/experts/...)
     genpolicy train task=metaworld/door-open-v3 policy=flow policy.steps=4
+    torchrun --standalone --nproc_per_node=2 -m genpolicy.cli train ...   (data parallel; train.batch_size is global)
     genpolicy eval ckpt=runs/<run>/checkpoints/best [policy sampler/steps overrides: sampler=shortcut steps=1]
     genpolicy envs list
     genpolicy finetune algo=reinflow ckpt=runs/<bc run>/checkpoints/best task=toy/bimodal-right preset=toy
@@ -93,6 +94,8 @@ def cmd_train(args: list[str]) -> int:
     _, overrides = _split_args(args)
     cfg = compose("train", overrides, TrainConfig)
     res = train(cfg)
+    if res["eval"] is None:  # a torchrun rank other than 0: rank 0 evaluates and reports
+        return 0
     ev = res["eval"]
     print(f"run: {res['run_dir']}")
     print(f"best checkpoint: {res['best_checkpoint']} (success {res['best']['success_rate']:.2f} at step {res['best']['step']})")

@@ -165,7 +165,7 @@ class OptimConfig:
     success against 0.88 with 3e-4 (benchmarks/results/archive/)."""
 
     steps: int = 4000
-    batch_size: int = 256
+    batch_size: int = 256  # global: under torchrun each of the N processes trains on batch_size / N of it
     lr: float = 3e-4
     betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
     weight_decay: float = 1e-6
@@ -173,9 +173,15 @@ class OptimConfig:
     grad_clip: float = 1.0
     ema_power: float = 0.75
     ema_max_decay: float = 0.9999
+    # data-parallel training under torchrun (genpolicy/training/dist.py); ignored in a single process
+    dist_backend: str = "auto"  # auto (nccl on CUDA, gloo on the CPU) | gloo | nccl
+    dist_timeout_s: float = 1800.0  # bound on every collective; ranks wait at a barrier while rank 0 evaluates
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, f"train.steps must be >= 1, got {self.steps}")
+        _check(self.dist_backend in ("auto", "gloo", "nccl"),
+               f"train.dist_backend must be auto|gloo|nccl, got '{self.dist_backend}'")
+        _check(self.dist_timeout_s > 0, f"train.dist_timeout_s must be > 0, got {self.dist_timeout_s}")
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
         _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
 

@@ -2,6 +2,10 @@
 
 Each step's batch indices and noise come from generators seeded by (seed, step), so a resumed run continues
 exactly where an uninterrupted one would have gone.
+
+Under `torchrun` (data parallel, genpolicy/training/dist.py) every process trains a replica wrapped in
+DistributedDataParallel on its slice of the global batch; gradients are averaged, so parameters and EMA stay
+identical on every rank. Rank 0 alone writes run files, and the others wait for it at a barrier.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from genpolicy.config import TrainConfig
 from genpolicy.datasets.replay_buffer import ReplayBuffer
@@ -26,6 +32,7 @@ from genpolicy.envs.registry import make_env
 from genpolicy.errors import CheckpointError, ConfigError, DataError
 from genpolicy.fsutil import replace_dir, temp_sibling
 from genpolicy.policies import GenerativePolicy, ShapeMeta, make_policy
+from genpolicy.training import dist
 from genpolicy.training.checkpoint import load_training_state, read_config, read_manifest, save_checkpoint
 from genpolicy.training.ema import EMA
 from genpolicy.training.evaluate import evaluate
@@ -81,13 +88,55 @@ def _latest_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
+def step_batch(train_set: SequenceSampler, cfg: TrainConfig, step: int, device: torch.device,
+               info: dist.DistInfo = dist.DistInfo()) -> tuple[dict, torch.Generator]:
+    """This process's share of step `step`'s batch, and the generator for its noise.
+
+    The global batch (train.batch_size windows) is drawn from (seed, step) and rank r takes its r-th equal slice;
+    its noise comes from a stream of its own, seeded by (seed, step, rank). A resumed run with the same number of
+    processes therefore replays exactly, and a single process draws what it always did.
+    """
+    rng = np.random.default_rng([cfg.run.seed, step])
+    idx = rng.integers(0, len(train_set), size=cfg.train.batch_size)
+    per_rank = cfg.train.batch_size // info.world_size
+    batch = train_set.batch(idx[info.rank * per_rank:(info.rank + 1) * per_rank], device)
+    gen = torch.Generator(device=device).manual_seed(cfg.run.seed * 1_000_003 + step + info.rank * 2**40)
+    return batch, gen
+
+
+class _Loss(nn.Module):
+    """`policy.loss` as forward(): DDP all-reduces the gradients of what runs through its forward."""
+
+    def __init__(self, policy: GenerativePolicy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return self.policy.loss(batch, generator=generator)
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train a policy by behaviour cloning; returns {run_dir, best_checkpoint, final_checkpoint, eval}."""
+    """Train a policy by behaviour cloning; returns {run_dir, best_checkpoint, final_checkpoint, eval, rank}.
+
+    Under torchrun it joins the process group first; `eval` is None on ranks other than 0, which evaluate nothing.
+    """
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device)
+    with dist.process_group(cfg.train.dist_backend, device, cfg.train.dist_timeout_s) as info:
+        if info.enabled and device.type == "cuda":
+            device = torch.device("cuda", info.local_rank)
+        return _train(cfg, info, device)
+
+
+def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[str, Any]:
     rb = load_demos(cfg)
-    run_dir = make_run_dir(cfg.run, f"train-{cfg.task.name}-{cfg.policy.type}")
+    if cfg.train.batch_size % info.world_size:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch and must be divisible by the "
+                          f"number of processes (WORLD_SIZE={info.world_size})")
+    # the default run name holds the clock time, so rank 0 names (and creates) the directory for everyone
+    run_dir = make_run_dir(cfg.run, f"train-{cfg.task.name}-{cfg.policy.type}") if info.is_main else Path()
+    run_dir = Path(dist.broadcast_str(str(run_dir), info, device))
     latest = _latest_checkpoint(run_dir) if cfg.run.resume else None
     if cfg.run.resume and latest is None:
         raise CheckpointError(f"{run_dir}: run.resume=true but no complete checkpoint under {run_dir / 'checkpoints'}")
@@ -100,7 +149,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if diff:
             raise ConfigError(f"{latest / 'config.json'}: cannot resume with a different policy config "
                               f"(changed: {', '.join(diff)})")
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    if info.is_main:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
 
     train_eps, val_eps = split_episodes(rb.n_episodes, cfg.data.val_fraction, cfg.data.seed, cfg.data.max_train_episodes)
     p = cfg.policy
@@ -122,18 +172,31 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if latest is not None:
         state = load_training_state(latest, policy, ema.model, opt)
         start, best = int(state["step"]), state.get("best", best)
-    logger = MetricsLogger(run_dir)
+    # DDP broadcasts rank 0's weights (and buffers: the normaliser statistics) at construction, so replicas start equal
+    loss_fn: nn.Module = _Loss(policy)
+    if info.enabled:
+        loss_fn = DistributedDataParallel(loss_fn, device_ids=[device.index] if device.type == "cuda" else None)
+    logger = MetricsLogger(run_dir) if info.is_main else None
     ckpt_meta = {"task": asdict(cfg.task), "data": asdict(cfg.data), "train": asdict(cfg.train),
                  "dataset": {"source": rb.source, "n_episodes": rb.n_episodes, "attrs": rb.attrs}}
 
     def save(step: int) -> Path:
         path = save_checkpoint(run_dir / "checkpoints" / f"{step:07d}", policy, ckpt_meta, step, ema=ema.model,
-                               optimizer=opt, trainer_state={"step": step, "best": best})
+                               optimizer=opt, trainer_state={"step": step, "best": best,
+                                                               "world_size": info.world_size})
         for old in [p for p in _step_checkpoints(run_dir) if int(p.name) < step][:-1]:  # keep this one and the one before
             shutil.rmtree(old, ignore_errors=True)
         return path
 
+    def checkpoint(step: int) -> Path:
+        """Rank 0 writes; every rank waits at the barrier until the checkpoint is complete."""
+        path = save(step) if info.is_main else run_dir / "checkpoints" / f"{step:07d}"
+        dist.barrier(info)
+        return path
+
     def run_eval(step: int, n_episodes: int, out: Path, n_videos: int = 0) -> dict[str, Any]:
+        """Rank 0 only: roll out the EMA policy, log it, keep the best checkpoint."""
+        assert logger is not None
         res = evaluate(ema.model, cfg.task.name, n_episodes=n_episodes, n_envs=cfg.eval.n_envs, seed=cfg.eval.seed,
                        out_dir=out, n_videos=n_videos, images=cfg.task.images,
                        max_episode_steps=cfg.task.max_episode_steps, progress=False)
@@ -148,18 +211,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             replace_dir(tmp, dst)
         return res
 
-    bar = progress_bar(cfg.train.steps, f"train {p.type}", "step", cfg.run.progress, initial=start)
+    bar = progress_bar(cfg.train.steps, f"train {p.type}", "step", cfg.run.progress and info.is_main, initial=start)
     t_last = time.time()
     stop = _StopFlag()
     with stop:
         for step in range(start, cfg.train.steps):
-            rng = np.random.default_rng([cfg.run.seed, step])
-            gen = torch.Generator(device=device).manual_seed(cfg.run.seed * 1_000_003 + step)
-            batch = train_set.random_batch(cfg.train.batch_size, rng, device)
+            batch, gen = step_batch(train_set, cfg, step, device, info)
             lr = lr_at(step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
-            out = policy.loss(batch, generator=gen)
+            out = loss_fn(batch, gen)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.train.grad_clip)
@@ -169,29 +230,36 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             done = step + 1
             if done % cfg.run.log_every == 0 or done == cfg.train.steps:
                 now = time.time()
-                row = {k: float(v.detach()) for k, v in out.items() if k.startswith("loss")}
+                row = dist.mean_over_ranks({k: float(v.detach()) for k, v in out.items() if k.startswith("loss")},
+                                           info, device)
                 row.update(lr=lr, grad_norm=float(gnorm), steps_per_s=cfg.run.log_every / max(now - t_last, 1e-9))
-                if val_set is not None:
-                    row["val_loss"] = validation_loss(ema.model, val_set, cfg.train.batch_size, device, cfg.run.seed)
-                logger.log(done, row)
+                if logger is not None:
+                    if val_set is not None:
+                        row["val_loss"] = validation_loss(ema.model, val_set, cfg.train.batch_size, device, cfg.run.seed)
+                    logger.log(done, row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
                 t_last = now
-            if stop.requested:
+            if dist.any_rank(stop.requested, info, device):  # ranks may see the signal at different steps
                 # Ctrl-C / SIGTERM: finish the step, keep its state, and let `run.resume=true` continue exactly
                 bar.close()
-                save(done)
-                logger.close()
+                checkpoint(done)
+                if logger is not None:
+                    logger.close()
                 raise KeyboardInterrupt
             if cfg.eval.every > 0 and done % cfg.eval.every == 0 and done < cfg.train.steps:
-                run_eval(done, cfg.eval.n_episodes, run_dir / "eval" / f"step_{done:07d}")
+                if info.is_main:
+                    run_eval(done, cfg.eval.n_episodes, run_dir / "eval" / f"step_{done:07d}")
+                dist.barrier(info)
             if done % cfg.run.ckpt_every == 0:
-                save(done)
+                checkpoint(done)
     bar.close()
-    final = save(cfg.train.steps)
-    res = run_eval(cfg.train.steps, cfg.eval.n_episodes, run_dir / "eval", cfg.eval.n_videos)
-    logger.close()
+    final = checkpoint(cfg.train.steps)
+    res = run_eval(cfg.train.steps, cfg.eval.n_episodes, run_dir / "eval", cfg.eval.n_videos) if info.is_main else None
+    dist.barrier(info)
+    if logger is not None:
+        logger.close()
     best_path = run_dir / "checkpoints" / "best"
-    return {"run_dir": str(run_dir), "final_checkpoint": str(final),
+    return {"run_dir": str(run_dir), "final_checkpoint": str(final), "rank": info.rank,
             "best_checkpoint": str(best_path if best_path.exists() else final), "best": best, "eval": res}
 
 
