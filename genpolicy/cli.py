@@ -61,7 +61,15 @@ def compose(config_name: str, overrides: list[str], schema: type) -> Any:
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
+    import dataclasses
+
     _register()
+    # `task` is a config group (task=<suite>/<name> selects a TaskConfig); where a schema's `task` is a plain
+    # string (eval: "evaluate on another task"), the group would swallow the override, so set it after composing.
+    plain_task = None
+    if any(f.name == "task" and f.type in (str, "str") for f in dataclasses.fields(schema)):
+        plain_task = next((o.split("=", 1)[1] for o in overrides if o.startswith("task=")), None)
+        overrides = [o for o in overrides if not o.startswith("task=")]
     if not CONFIG_DIR.is_dir():
         raise GenpolicyError(f"{CONFIG_DIR}: config directory missing (is genpolicy installed from its source tree?)")
     from hydra.errors import MissingConfigException
@@ -76,6 +84,12 @@ def compose(config_name: str, overrides: list[str], schema: type) -> Any:
             group, value = bad.split("=", 1)
             hint = "`genpolicy envs list`" if group == "task" else f"configs/{group}/"
             raise GenpolicyError(f"unknown {group} '{value}'; see {hint} ({' '.join(str(e).split()[:8])}...)") from None
+    if plain_task is not None:
+        from genpolicy.envs.registry import list_tasks
+
+        if plain_task not in list_tasks():
+            raise GenpolicyError(f"unknown task '{plain_task}'; see `genpolicy envs list`")
+        cfg.task = plain_task
     obj = OmegaConf.to_object(cfg)  # runs every dataclass __post_init__ validation
     assert isinstance(obj, schema)
     return obj

@@ -65,6 +65,9 @@ def test_generate_info_train_eval_convert(tmp_path: Path) -> None:
     r = gp("eval", f"ckpt={summary['final_checkpoint']}", "eval.n_episodes=2", "run.dir=ev4", "eval.n_videos=0",
            "run.progress=false", cwd=tmp_path)
     assert "(euler, 4 steps)" in r.stdout  # the fine-tuned checkpoint evaluates on its fine-tuning grid
+    r = gp("eval", "ckpt=run/checkpoints/best", "task=toy/bimodal-right", "eval.n_episodes=2", "run.dir=ev5",
+           "eval.n_videos=0", "run.progress=false", cwd=tmp_path)  # another task than the checkpoint's
+    assert r.stdout.startswith("toy/bimodal-right:")
     gp("data", "convert", "toy.zarr", "toy_lerobot", "format=lerobot", cwd=tmp_path)
     gp("data", "convert", "toy_lerobot", "back.zarr", cwd=tmp_path)
     assert "episodes: 8" in gp("data", "info", "back.zarr", cwd=tmp_path).stdout
@@ -77,6 +80,7 @@ def test_generate_info_train_eval_convert(tmp_path: Path) -> None:
     (["train", "policy=nosuch"], "unknown policy 'nosuch'"),
     (["train", "task=toy/bimodal", "train.lr=abc"], "train.lr"),
     (["eval", "ckpt=nowhere"], "nowhere: no such checkpoint"),
+    (["eval", "ckpt=nowhere", "task=toy/nope"], "unknown task 'toy/nope'"),
     (["data", "info", "nothing.zarr"], "nothing.zarr"),
     (["frobnicate"], "unknown command"),
     (["bench", "sampler", "methods=[nope]"], "unknown method 'nope'"),
