@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from genpolicy.envs.wrappers import ChunkStep as EnvChunkStep
+from genpolicy.envs.wrappers import EnvSlice
 from genpolicy.errors import ConfigError
-from genpolicy.finetune.rollout import EnvSlice
 
 
 def split(n_envs: int, workers: int) -> list[range]:

@@ -22,9 +22,7 @@ import numpy as np
 import torch
 
 from genpolicy.envs.base import EnvSpec
-from genpolicy.envs.registry import make_env
-from genpolicy.envs.wrappers import ChunkedEnv
-from genpolicy.envs.wrappers import ChunkStep as EnvChunkStep
+from genpolicy.envs.wrappers import EnvSlice
 
 
 @dataclass
@@ -78,40 +76,8 @@ class ChunkStep:
     terminated: torch.Tensor  # (N,) bool
     truncated: torch.Tensor  # (N,) bool
     env_steps: int
-    episodes: list[dict[str, Any]]  # episodes that ended in this step: success, return, length
+    episodes: list[dict[str, Any]]  # episodes that ended in this step: success, return, length, env (index)
     final_obs: bool = True
-
-
-class EnvSlice:
-    """Some chunked envs in one process, numpy in and out, so that it can also live in a Ray actor. It steps and
-    resets only when told: episode seeds and bookkeeping stay with the `VecChunkEnv` that owns it."""
-
-    def __init__(self, task: str, env_seeds: list[int], n_obs_steps: int, n_action_steps: int,
-                 max_episode_steps: int = 0) -> None:
-        self.envs = [ChunkedEnv(make_env(task, seed=s, max_episode_steps=max_episode_steps), n_obs_steps,
-                                n_action_steps) for s in env_seeds]
-        self.spec = self.envs[0].spec
-
-    def reset(self, ids: list[int], seeds: list[int]) -> list[dict[str, np.ndarray]]:
-        """Start an episode in envs `ids` with `seeds`; returns their first windows."""
-        return [self.envs[i].reset(seed=s) for i, s in zip(ids, seeds)]
-
-    def step(self, chunks: np.ndarray) -> list[EnvChunkStep]:
-        """Run chunks (n, H, Da) in env units, one per env; no resets (infos dropped: nothing reads them)."""
-        out = []
-        for env, chunk in zip(self.envs, chunks):
-            res = env.step(chunk)
-            res.infos = []
-            out.append(res)
-        return out
-
-    def describe(self) -> EnvSpec:
-        """The task's spec (a method, so that a Ray actor can answer it)."""
-        return self.spec
-
-    def close(self) -> None:
-        for e in self.envs:
-            e.close()
 
 
 class VecChunkEnv:
@@ -165,7 +131,7 @@ class VecChunkEnv:
             st["length"] += res.n_steps
             st["success"] = st["success"] or res.success
             if res.terminated or res.truncated:
-                episodes.append(dict(st))
+                episodes.append({**st, "env": i})
                 self.ep_stats[i] = self._fresh_stats()
                 ended.append(i)
             else:

@@ -89,10 +89,11 @@ class TorchVecChunkEnv:
 
     def _finish(self, done: torch.Tensor) -> list[dict[str, Any]]:
         """Log the episodes that ended (done (N,) bool) and zero their counters."""
+        ids = done.nonzero().squeeze(-1).tolist()
         rets, lens, succ = self.ep_return[done].tolist(), self.ep_length[done].tolist(), self.ep_success[done].tolist()
-        self.next_seed += len(rets)  # the simulator started as many episodes
+        self.next_seed += len(ids)  # the simulator started as many episodes
         self.ep_return[done], self.ep_length[done], self.ep_success[done] = 0.0, 0, False
-        return [{"return": r, "length": ln, "success": s} for r, ln, s in zip(rets, lens, succ)]
+        return [{"return": r, "length": ln, "success": s, "env": i} for r, ln, s, i in zip(rets, lens, succ, ids)]
 
     def close(self) -> None:
         self.env.close()
