@@ -16,13 +16,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 import numpy as np
 import torch
 
 from genpolicy.envs.base import EnvSpec
 from genpolicy.envs.wrappers import EnvSlice
+
+if TYPE_CHECKING:
+    from genpolicy.finetune.ray_rollout import RaySlices
 
 
 @dataclass
@@ -89,8 +92,8 @@ class VecChunkEnv:
     final_obs = True
 
     def __init__(self, task: str, n_envs: int, n_obs_steps: int, n_action_steps: int, seed: int,
-                 max_episode_steps: int = 0, runner: Optional[Any] = None) -> None:
-        # runner: EnvSlice or RaySlices (same four members: spec, reset, step, close)
+                 max_episode_steps: int = 0, runner: Optional[EnvSlice | RaySlices] = None) -> None:
+        # EnvSlice and RaySlices have the same four members: spec, reset, step, close
         self.runner = runner if runner is not None else EnvSlice(
             task, list(range(seed, seed + n_envs)), n_obs_steps, n_action_steps, max_episode_steps)
         self.spec: EnvSpec = self.runner.spec
