@@ -3,8 +3,9 @@
 
 The policy is a fixed random-chunk policy (chunks drawn once from a seeded generator), so the numbers are the
 rollout machinery and the simulator only: per chunk the learner sends N chunks and receives windows, rewards and
-flags. Each backend runs `--warmup` chunks, then `--repeats` timed runs of `--chunks` chunks; the median is reported,
-with the ratio to the local backend of the same run. Ray start-up and actor creation are timed separately.
+flags. Each backend runs `--warmup` chunks, then `--repeats` timed runs of `--chunks` chunks, interleaved across
+backends in rounds; the median is reported, with the ratio to the local backend of the same run. Ray start-up and
+actor creation are timed separately.
 
 Writes benchmarks/results/rollout_scale.md and rollout_scale.json.
 
@@ -73,21 +74,15 @@ def make(task: str, backend: str, n_envs: int, seed: int) -> ChunkEnvs:
     raise ValueError(backend)
 
 
-def measure(venv: ChunkEnvs, chunks: torch.Tensor, warmup: int, repeats: int) -> dict[str, Any]:
-    """chunks (K, N, H, Da): env steps/s over `repeats` runs of K chunks (the same chunks every run)."""
-    for k in range(warmup):
-        venv.batch_obs(torch.device("cpu"))
-        venv.step(chunks[k % len(chunks)])
-    rates, episodes = [], 0
-    for _ in range(repeats):
-        steps, t0 = 0, time.perf_counter()
-        for c in chunks:
-            venv.batch_obs(torch.device("cpu"))  # what collect() asks for before every chunk
-            res = venv.step(c)
-            steps += res.env_steps
-            episodes += len(res.episodes)
-        rates.append(steps / (time.perf_counter() - t0))
-    return {"steps_per_s": statistics.median(rates), "runs": [round(r, 1) for r in rates], "episodes": episodes}
+def run_chunks(venv: ChunkEnvs, chunks: torch.Tensor) -> dict[str, Any]:
+    """One timed pass over chunks (K, N, H, Da): env steps/s and episodes that ended."""
+    steps, episodes, t0 = 0, 0, time.perf_counter()
+    for c in chunks:
+        venv.batch_obs(torch.device("cpu"))  # what collect() asks for before every chunk
+        res = venv.step(c)
+        steps += res.env_steps
+        episodes += len(res.episodes)
+    return {"rate": steps / (time.perf_counter() - t0), "episodes": episodes}
 
 
 def main() -> None:
@@ -103,8 +98,10 @@ def main() -> None:
     torch.set_num_threads(1)
     import ray
 
+    from genpolicy.finetune.ray_rollout import init_ray
+
     t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray(num_cpus=2)
     ray_init_s = time.perf_counter() - t0
     load_before = os.getloadavg()
     rows = []
@@ -115,17 +112,27 @@ def main() -> None:
         g = torch.Generator().manual_seed(args.seed)
         chunks = torch.rand(args.chunks, args.n_envs, H, spec_dim, generator=g) * 2 - 1  # (K, N, H, Da)
         backends = ["local", "ray-1", "ray-2"] + (["torch-standin"] if task.startswith("gym/") else [])
-        local_rate = None
+        venvs, setup = {}, {}
         for backend in backends:
             t1 = time.perf_counter()
-            venv = make(task, backend, args.n_envs, args.seed)
-            setup_s = time.perf_counter() - t1
-            m = measure(venv, chunks, args.warmup, args.repeats)
-            venv.close()
-            local_rate = m["steps_per_s"] if backend == "local" else local_rate
-            row = {"task": task, "backend": backend, "n_envs": args.n_envs, "steps_per_s": round(m["steps_per_s"], 1),
-                   "vs_local": round(m["steps_per_s"] / local_rate, 3), "runs": m["runs"], "setup_s": round(setup_s, 2),
-                   "episodes_ended": m["episodes"], "loadavg_1m_after": round(os.getloadavg()[0], 2)}
+            venvs[backend] = make(task, backend, args.n_envs, args.seed)
+            setup[backend] = time.perf_counter() - t1
+            for k in range(args.warmup):
+                venvs[backend].step(chunks[k % len(chunks)])
+        # rounds interleave the backends, so a change in the machine's load hits all of them alike
+        runs: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
+        for _ in range(args.repeats):
+            for backend in backends:
+                runs[backend].append(run_chunks(venvs[backend], chunks))
+        for v in venvs.values():
+            v.close()
+        local_rate = statistics.median(r["rate"] for r in runs["local"])
+        for backend in backends:
+            rate = statistics.median(r["rate"] for r in runs[backend])
+            row = {"task": task, "backend": backend, "n_envs": args.n_envs, "steps_per_s": round(rate, 1),
+                   "vs_local": round(rate / local_rate, 3), "runs": [round(r["rate"], 1) for r in runs[backend]],
+                   "setup_s": round(setup[backend], 2), "episodes_ended": sum(r["episodes"] for r in runs[backend]),
+                   "loadavg_1m_after": round(os.getloadavg()[0], 2)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     ray.shutdown()
@@ -146,9 +153,9 @@ def report(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "",
         f"Env steps per second of chunk rollouts (fixed random chunks, N={meta['n_envs']} envs, To/H/Ta = "
         f"{'/'.join(map(str, meta['To_H_Ta']))}), median of {meta['repeats']} runs of {meta['chunks_per_run']} chunks "
-        f"after {meta['warmup']} warm-up chunks; `vs local` is the ratio to the local backend in the same run. "
+        f"after {meta['warmup']} warm-up chunks, the backends' runs interleaved in rounds; `vs local` is the ratio to the local backend in the same run. "
         "`setup` is env (and actor) creation; Ray itself started in "
-        f"{meta['ray_init_s']} s (`ray.init(num_cpus=2)`).",
+        f"{meta['ray_init_s']} s (`init_ray(num_cpus=2)`: `ray.init(num_cpus=2)` with actors at normal priority).",
         "",
         "| task | backend | env steps/s | vs local | runs | setup s | load (1 min) after |",
         "|---|---|---:|---:|---|---:|---:|",

@@ -24,10 +24,10 @@ def test_split_and_config_errors() -> None:
 
 def test_ray_backend_equals_local_backend(tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
-    from genpolicy.finetune.ray_rollout import RaySlices
+    from genpolicy.finetune.ray_rollout import RaySlices, init_ray
 
     task, n, seed = "toy/bimodal", 5, 3  # 5 envs over 2 workers: uneven slices; short episodes: resets across slices
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray(num_cpus=2)
     try:
         venvs = {"local": VecChunkEnv(task, n, 2, 4, seed=seed, max_episode_steps=12),
                  "ray": VecChunkEnv(task, n, 2, 4, seed=seed, max_episode_steps=12,

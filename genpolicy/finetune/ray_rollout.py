@@ -12,6 +12,7 @@ Shapes: N envs, W workers, n_w envs in worker w, To obs steps, H horizon, Da act
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,19 @@ def split(n_envs: int, workers: int) -> list[range]:
     return out
 
 
+def init_ray(address: str = "", num_cpus: int = 2) -> None:
+    """Join the cluster at `address`, or start a local Ray with `num_cpus` CPUs.
+
+    Ray runs its workers at niceness 15 by default; rollout actors are on the learner's critical path (it waits for
+    every chunk), and on a shared machine niced actors starve, so a Ray started here runs them at normal priority
+    (RAY_worker_niceness, read when Ray starts; a running cluster keeps its own setting)."""
+    import ray
+
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    kw: dict[str, Any] = {"address": address} if address else {"num_cpus": num_cpus}
+    ray.init(**kw, include_dashboard=False, log_to_driver=False)
+
+
 class RaySlices:
     """The `EnvSlice` interface (spec, reset, step, close) over W Ray actors, each holding one slice of the envs."""
 
@@ -46,9 +60,7 @@ class RaySlices:
         self._ray = ray
         self.ranges = split(len(env_seeds), workers)
         if not ray.is_initialized():
-            # a local Ray gets exactly the CPUs the workers use; a cluster decides for itself
-            kw: dict[str, Any] = {"address": address} if address else {"num_cpus": workers}
-            ray.init(**kw, include_dashboard=False, log_to_driver=False)
+            init_ray(address, num_cpus=workers)  # a local Ray gets exactly the CPUs the workers use
         actor = ray.remote(num_cpus=1)(EnvSlice)
         self.actors = [actor.remote(task, [env_seeds[i] for i in r], n_obs_steps, n_action_steps, max_episode_steps)
                        for r in self.ranges]
