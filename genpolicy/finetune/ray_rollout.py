@@ -61,6 +61,9 @@ class RaySlices:
         self.ranges = split(len(env_seeds), workers)
         if not ray.is_initialized():
             init_ray(address, num_cpus=workers)  # a local Ray gets exactly the CPUs the workers use
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if cpus < workers:  # the actors would wait for CPUs forever
+            raise ConfigError(f"rollout.workers={workers} actors need one Ray CPU each; this Ray has {cpus:g}")
         actor = ray.remote(num_cpus=1)(EnvSlice)
         self.actors = [actor.remote(task, [env_seeds[i] for i in r], n_obs_steps, n_action_steps, max_episode_steps)
                        for r in self.ranges]
