@@ -174,6 +174,9 @@ def report(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "as this machine's, not as scaling on a real multi-core node or cluster.",
         f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}. Seed {meta['seed']}; "
         f"{meta['date_utc']} UTC.",
+        "How to read it: the Ray backend costs one round trip per chunk (two when episodes end there: the learner "
+        "hands out the reset seeds, which keeps results equal to the local backend), so it pays only when a chunk's "
+        "simulation time dominates and there are idle cores for the actors; neither holds on this machine.",
         "`torch-standin` is the batched torch backend (finetune/torch_rollout.py) on the IsaacLab stand-in: the same "
         "MuJoCo Hopper stepped in one process, counted as N*Ta simulated steps per chunk.",
         "",

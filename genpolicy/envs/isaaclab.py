@@ -61,7 +61,8 @@ def make_isaaclab_env(task_id: str, num_envs: int, seed: int, device: str | torc
     cfg = parse_env_cfg(task_id, device=str(device), num_envs=num_envs)
     cfg.seed = seed
     if max_episode_steps:
-        cfg.episode_length_s = max_episode_steps * cfg.sim.dt * cfg.decimation  # max_episode_length = ceil(s / step_dt)
+        # IsaacLab: max_episode_length = ceil(episode_length_s / step_dt); half a step below n keeps rounding off n + 1
+        cfg.episode_length_s = (max_episode_steps - 0.5) * cfg.sim.dt * cfg.decimation
     return gym.make(task_id, cfg=cfg).unwrapped
 
 
