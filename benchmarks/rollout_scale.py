@@ -88,7 +88,7 @@ def run_chunks(venv: ChunkEnvs, chunks: torch.Tensor) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", nargs="+", default=["metaworld/drawer-open-v3", "gym/hopper-v5"])
-    ap.add_argument("--n-envs", type=int, default=8)
+    ap.add_argument("--n-envs", type=int, nargs="+", default=[8, 16])
     ap.add_argument("--chunks", type=int, default=60, help="chunks per timed run (each env executes Ta=4 steps)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
@@ -108,35 +108,36 @@ def main() -> None:
     load_before = os.getloadavg()
     rows = []
     for task in args.tasks:
-        probe = VecChunkEnv(task, 1, TO, TA, seed=0)
-        spec_dim = probe.spec.action_dim
-        probe.close()
-        g = torch.Generator().manual_seed(args.seed)
-        chunks = torch.rand(args.chunks, args.n_envs, H, spec_dim, generator=g) * 2 - 1  # (K, N, H, Da)
-        backends = ["local", "ray-1", "ray-2"] + (["torch-standin"] if task.startswith("gym/") else [])
-        venvs, setup = {}, {}
-        for backend in backends:
-            t1 = time.perf_counter()
-            venvs[backend] = make(task, backend, args.n_envs, args.seed)
-            setup[backend] = time.perf_counter() - t1
-            for k in range(args.warmup):
-                venvs[backend].step(chunks[k % len(chunks)])
-        # rounds interleave the backends, so a change in the machine's load hits all of them alike
-        runs: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
-        for _ in range(args.repeats):
+        for n_envs in args.n_envs:
+            probe = VecChunkEnv(task, 1, TO, TA, seed=0)
+            spec_dim = probe.spec.action_dim
+            probe.close()
+            g = torch.Generator().manual_seed(args.seed)
+            chunks = torch.rand(args.chunks, n_envs, H, spec_dim, generator=g) * 2 - 1  # (K, N, H, Da)
+            backends = ["local", "ray-1", "ray-2"] + (["torch-standin"] if task.startswith("gym/") else [])
+            venvs, setup = {}, {}
             for backend in backends:
-                runs[backend].append(run_chunks(venvs[backend], chunks))
-        for v in venvs.values():
-            v.close()
-        local_rate = statistics.median(r["rate"] for r in runs["local"])
-        for backend in backends:
-            rate = statistics.median(r["rate"] for r in runs[backend])
-            row = {"task": task, "backend": backend, "n_envs": args.n_envs, "steps_per_s": round(rate, 1),
-                   "vs_local": round(rate / local_rate, 3), "runs": [round(r["rate"], 1) for r in runs[backend]],
-                   "setup_s": round(setup[backend], 2), "episodes_ended": sum(r["episodes"] for r in runs[backend]),
-                   "loadavg_1m_after": round(os.getloadavg()[0], 2)}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+                t1 = time.perf_counter()
+                venvs[backend] = make(task, backend, n_envs, args.seed)
+                setup[backend] = time.perf_counter() - t1
+                for k in range(args.warmup):
+                    venvs[backend].step(chunks[k % len(chunks)])
+            # rounds interleave the backends, so a change in the machine's load hits all of them alike
+            runs: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
+            for _ in range(args.repeats):
+                for backend in backends:
+                    runs[backend].append(run_chunks(venvs[backend], chunks))
+            for v in venvs.values():
+                v.close()
+            local_rate = statistics.median(r["rate"] for r in runs["local"])
+            for backend in backends:
+                rate = statistics.median(r["rate"] for r in runs[backend])
+                row = {"task": task, "backend": backend, "n_envs": n_envs, "steps_per_s": round(rate, 1),
+                       "vs_local": round(rate / local_rate, 3), "runs": [round(r["rate"], 1) for r in runs[backend]],
+                       "setup_s": round(setup[backend], 2), "episodes_ended": sum(r["episodes"] for r in runs[backend]),
+                       "loadavg_1m_after": round(os.getloadavg()[0], 2)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     ray.shutdown()
     meta = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(), "versions": versions(),
             "seed": args.seed, "n_envs": args.n_envs, "chunks_per_run": args.chunks, "repeats": args.repeats,
@@ -153,18 +154,18 @@ def report(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines = [
         "# Rollout throughput: local vs Ray workers",
         "",
-        f"Env steps per second of chunk rollouts (fixed random chunks, N={meta['n_envs']} envs, To/H/Ta = "
+        f"Env steps per second of chunk rollouts (fixed random chunks, N = {meta['n_envs']} envs, To/H/Ta = "
         f"{'/'.join(map(str, meta['To_H_Ta']))}), median of {meta['repeats']} runs of {meta['chunks_per_run']} chunks "
         f"after {meta['warmup']} warm-up chunks, the backends' runs interleaved in rounds; `vs local` is the ratio to the local backend in the same run. "
         "`setup` is env (and actor) creation; Ray itself started in "
         f"{meta['ray_init_s']} s (`init_ray(num_cpus=3)`: room for the 1 + 2 actors alive at once; actors at normal "
         "priority).",
         "",
-        "| task | backend | env steps/s | vs local | runs | setup s | load (1 min) after |",
-        "|---|---|---:|---:|---|---:|---:|",
+        "| task | N | backend | env steps/s | vs local | runs | setup s | load (1 min) after |",
+        "|---|---:|---|---:|---:|---|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['task']} | {r['backend']} | {r['steps_per_s']:.0f} | {r['vs_local']:.2f} | "
+        lines.append(f"| {r['task']} | {r['n_envs']} | {r['backend']} | {r['steps_per_s']:.0f} | {r['vs_local']:.2f} | "
                      f"{', '.join(f'{x:.0f}' for x in r['runs'])} | {r['setup_s']:.1f} | {r['loadavg_1m_after']} |")
     lines += [
         "",

@@ -77,15 +77,17 @@ class RaySlices:
 
     def reset(self, ids: list[int], seeds: list[int]) -> list[dict[str, np.ndarray]]:
         """Reset envs `ids` (global indices) with `seeds`, each in its own actor; first windows in `ids` order."""
-        per: dict[int, tuple[list[int], list[int], list[int]]] = {}  # worker -> (local ids, seeds, positions)
-        for pos, (i, s) in enumerate(zip(ids, seeds)):
+        per: dict[int, dict[str, list[int]]] = {}  # worker -> its local ids, their seeds, their positions in `ids`
+        for pos, (i, seed) in enumerate(zip(ids, seeds)):
             w, local = self._owner(i)
-            li, ls, lp = per.setdefault(w, ([], [], []))
-            li.append(local), ls.append(s), lp.append(pos)
-        futures = {w: self.actors[w].reset.remote(li, ls) for w, (li, ls, _) in per.items()}
+            part = per.setdefault(w, {"ids": [], "seeds": [], "pos": []})
+            part["ids"].append(local)
+            part["seeds"].append(seed)
+            part["pos"].append(pos)
+        futures = {w: self.actors[w].reset.remote(part["ids"], part["seeds"]) for w, part in per.items()}
         out: list[dict[str, np.ndarray]] = [{} for _ in ids]
-        for w, fut in futures.items():
-            for pos, o in zip(per[w][2], self._ray.get(fut)):
+        for w, fut in futures.items():  # all workers reset at once; gather in the caller's order
+            for pos, o in zip(per[w]["pos"], self._ray.get(fut)):
                 out[pos] = o
         return out
 
