@@ -86,6 +86,11 @@ def test_shapes_dtypes_devices() -> None:
         assert isinstance(x, torch.Tensor) and x.device == venv.device
     assert res.rewards.shape == (N,) and res.rewards.dtype == torch.float64 and res.terminated.dtype == torch.bool
     assert res.env_steps == N * TA and not res.final_obs
+    venv.restart(100)  # resume: one simulation seed, reproducible; the seed counter moves past the started episodes
+    first = venv.batch_obs(venv.device)["state"]
+    assert venv.next_seed == 100 + N
+    venv.restart(100)
+    assert torch.equal(venv.batch_obs(venv.device)["state"], first)
     venv.close()
 
 

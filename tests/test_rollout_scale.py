@@ -52,6 +52,8 @@ def test_ray_backend_equals_local_backend(tmp_path: Path) -> None:
                            venvs["local"].batch_obs(torch.device("cpu"))["state"])
         for v in venvs.values():
             v.close()
+        with pytest.raises(ConfigError, match="one Ray CPU each"):  # 3 actors on a 2-CPU Ray would wait forever
+            RaySlices(task, [0, 1, 2], 2, 4, workers=3)
         # the config switch end to end: finetune() with rollout.backend=ray learns exactly what the local one does
         assert _tiny_finetune(tmp_path / "local", "local") == _tiny_finetune(tmp_path / "ray", "ray")
     finally:
