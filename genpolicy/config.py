@@ -384,6 +384,23 @@ class EXPOConfig:
                "expo needs beta > 0, 1 <= n_edit <= n_base, 1 <= n_min_q <= n_q")
 
 
+ROLLOUT_BACKENDS = ("local", "ray")
+
+
+@dataclass
+class RolloutConfig:
+    """Where fine-tuning rollouts run (finetune/ray_rollout.py). Batched torch-native tasks (isaaclab*) always step
+    in the learner's process; this switch applies to gym-style tasks. Same seeds give the same rollouts either way."""
+
+    backend: str = "local"  # local: envs in this process | ray: envs split over `workers` Ray actors (pip install .[ray])
+    workers: int = 2  # ray: actors, each owning about n_envs / workers envs
+    address: str = ""  # ray: ray.init(address=...) of a running cluster ("auto" = the local one); empty = start one here
+
+    def __post_init__(self) -> None:
+        _check(self.backend in ROLLOUT_BACKENDS, f"rollout.backend must be one of {ROLLOUT_BACKENDS}, got '{self.backend}'")
+        _check(self.workers >= 1, f"rollout.workers must be >= 1, got {self.workers}")
+
+
 @dataclass
 class FinetuneConfig:
     """`genpolicy finetune algo=dppo|fpo|reinflow|dsrl|expo ckpt=<BC checkpoint> task=...`."""
@@ -399,6 +416,7 @@ class FinetuneConfig:
     offpolicy: OffPolicyConfig = field(default_factory=OffPolicyConfig)
     dsrl: DSRLConfig = field(default_factory=DSRLConfig)
     expo: EXPOConfig = field(default_factory=EXPOConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(n_episodes=20, n_videos=1, every=10))
     run: RunConfig = field(default_factory=lambda: RunConfig(log_every=1, ckpt_every=10))
 

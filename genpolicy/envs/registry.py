@@ -28,10 +28,38 @@ def _setup_rendering() -> None:
 GYM_TASKS = ("hopper-v5", "walker2d-v5", "halfcheetah-v5", "ant-v5")
 
 
+# Batched torch-native simulators: `isaaclab/<Isaac-Task-Id>` needs IsaacLab installed (untested here);
+# `isaaclab_standin/<gym task>` is N MuJoCo envs behind IsaacLab's API, used only when named.
+BATCHED_SUITES = ("isaaclab", "isaaclab_standin")
+
+
 def list_tasks() -> list[str]:
-    """Every task name the registry knows."""
+    """Every task name the registry knows (isaaclab/<Isaac-Task-Id> also works where IsaacLab is installed)."""
     return (["toy/bimodal", "toy/bimodal-right"] + [f"metaworld/{t}" for t in METAWORLD_TASKS]
-            + [f"robosuite/{t}" for t in ROBOSUITE_TASKS] + [f"gym/{t}" for t in GYM_TASKS])
+            + [f"robosuite/{t}" for t in ROBOSUITE_TASKS] + [f"gym/{t}" for t in GYM_TASKS]
+            + [f"isaaclab_standin/{t}" for t in GYM_TASKS])
+
+
+def is_batched_task(name: str) -> bool:
+    """True for tasks whose simulator steps all its envs in one batched, torch-native call (IsaacLab's API)."""
+    return _split(name)[0] in BATCHED_SUITES
+
+
+def make_batched_env(name: str, n_envs: int, seed: int, device: Any = "cpu", max_episode_steps: int = 0) -> Any:
+    """Build an IsaacLab-style batched env (see envs/isaaclab.py). IsaacLab is never replaced by the stand-in silently:
+    `isaaclab/...` fails with a ConfigError when IsaacLab is missing."""
+    suite, task = _split(name)
+    if suite == "isaaclab":
+        from genpolicy.envs.isaaclab import make_isaaclab_env
+
+        return make_isaaclab_env(task, n_envs, seed, device, max_episode_steps)
+    if suite == "isaaclab_standin":
+        from genpolicy.envs.isaaclab_standin import StandInEnv
+
+        if task not in GYM_TASKS:
+            raise ConfigError(f"unknown stand-in task '{name}'; known: {', '.join('isaaclab_standin/' + t for t in GYM_TASKS)}")
+        return StandInEnv(task, n_envs, seed=seed, device=device, max_episode_steps=max_episode_steps)
+    raise ConfigError(f"'{name}' is not a batched task; batched suites: {', '.join(BATCHED_SUITES)}")
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -72,6 +100,12 @@ def make_env(name: str, seed: int = 0, images: bool = False, max_episode_steps: 
         if task not in GYM_TASKS:
             raise ConfigError(f"unknown gym task '{name}'; known: {', '.join('gym/' + t for t in GYM_TASKS)}")
         return GymMujocoEnv(task, seed=seed, images=images, max_episode_steps=max_episode_steps or None, **kw)
+    if suite in BATCHED_SUITES:  # one env at a time (evaluation): a 1-env instance behind the numpy Env protocol
+        from genpolicy.envs.isaaclab import IsaacLabSingleEnv
+
+        if images:
+            raise ConfigError(f"'{name}': camera observations are not supported for batched tasks")
+        return IsaacLabSingleEnv(make_batched_env(name, 1, seed, "cpu", max_episode_steps), name)
     raise ConfigError(f"unknown task suite '{suite}' in '{name}'; known tasks: {', '.join(list_tasks())}")
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from genpolicy.envs.base import Env
+from genpolicy.envs.base import Env, EnvSpec
 
 
 @dataclass
@@ -69,6 +69,41 @@ class ChunkedEnv:
 
     def close(self) -> None:
         self.env.close()
+
+
+class EnvSlice:
+    """Some chunked envs in one process, numpy in and out and no torch, so that it can also live in a (light) Ray
+    actor. It steps and resets only when told: episode seeds and bookkeeping stay with the `VecChunkEnv`
+    (finetune/rollout.py) that owns it."""
+
+    def __init__(self, task: str, env_seeds: list[int], n_obs_steps: int, n_action_steps: int,
+                 max_episode_steps: int = 0) -> None:
+        from genpolicy.envs.registry import make_env
+
+        self.envs = [ChunkedEnv(make_env(task, seed=s, max_episode_steps=max_episode_steps), n_obs_steps,
+                                n_action_steps) for s in env_seeds]
+        self.spec = self.envs[0].spec
+
+    def reset(self, ids: list[int], seeds: list[int]) -> list[dict[str, np.ndarray]]:
+        """Start an episode in envs `ids` with `seeds`; returns their first windows."""
+        return [self.envs[i].reset(seed=s) for i, s in zip(ids, seeds)]
+
+    def step(self, chunks: np.ndarray) -> list[ChunkStep]:
+        """Run chunks (n, H, Da) in env units, one per env; no resets (infos dropped: nothing reads them)."""
+        out = []
+        for env, chunk in zip(self.envs, chunks):
+            res = env.step(chunk)
+            res.infos = []
+            out.append(res)
+        return out
+
+    def describe(self) -> EnvSpec:
+        """The task's spec (a method, so that a Ray actor can answer it)."""
+        return self.spec
+
+    def close(self) -> None:
+        for e in self.envs:
+            e.close()
 
 
 def write_video(path: str | Path, frames: list[np.ndarray], fps: float) -> Path:

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import torch
 
 from genpolicy.errors import ConfigError, DataError
-from genpolicy.finetune.rollout import VecChunkEnv
+from genpolicy.finetune.rollout import ChunkEnvs, VecChunkEnv
 
 
 def load_start(cfg: Any) -> dict[str, Any]:
@@ -35,10 +35,28 @@ def load_start(cfg: Any) -> dict[str, Any]:
     return {"device": device, "source": source, "task": task, "bc": bc}
 
 
-def make_venv(cfg: Any, task: str, policy: Any, n_envs: int, seed: int) -> VecChunkEnv:
-    """The training envs, checked against the policy's dims."""
-    venv = VecChunkEnv(task, n_envs, policy.cfg.n_obs_steps, policy.cfg.n_action_steps, seed=seed,
-                       max_episode_steps=cfg.task.max_episode_steps)
+def make_venv(cfg: Any, task: str, policy: Any, n_envs: int, seed: int) -> ChunkEnvs:
+    """The training envs, checked against the policy's dims. Batched torch-native tasks (isaaclab*) run as one
+    `TorchVecChunkEnv` on the run's device; the others as a `VecChunkEnv` in this process (rollout.backend=local) or
+    over Ray actors (rollout.backend=ray)."""
+    from genpolicy.envs.registry import is_batched_task
+
+    To, Ta, mes = policy.cfg.n_obs_steps, policy.cfg.n_action_steps, cfg.task.max_episode_steps
+    if is_batched_task(task):
+        if cfg.rollout.backend != "local":
+            raise ConfigError(f"task '{task}' is a batched simulator that steps all its envs in one process; "
+                              f"rollout.backend={cfg.rollout.backend} applies to gym-style tasks (use rollout.backend=local)")
+        from genpolicy.finetune.torch_rollout import make_torch_venv
+
+        venv: ChunkEnvs = make_torch_venv(task, n_envs, To, Ta, seed=seed, device=policy.device, max_episode_steps=mes)
+    elif cfg.rollout.backend == "ray":
+        from genpolicy.finetune.ray_rollout import RaySlices
+
+        runner = RaySlices(task, list(range(seed, seed + n_envs)), To, Ta, mes, workers=cfg.rollout.workers,
+                           address=cfg.rollout.address)
+        venv = VecChunkEnv(task, n_envs, To, Ta, seed=seed, max_episode_steps=mes, runner=runner)
+    else:
+        venv = VecChunkEnv(task, n_envs, To, Ta, seed=seed, max_episode_steps=mes)
     if venv.spec.action_dim != policy.shape.action_dim or venv.spec.state_dim != policy.shape.state_dim:
         raise DataError(f"task '{task}' has state/action dims ({venv.spec.state_dim}, {venv.spec.action_dim}) but "
                         f"{cfg.ckpt} expects ({policy.shape.state_dim}, {policy.shape.action_dim})")
@@ -46,7 +64,7 @@ def make_venv(cfg: Any, task: str, policy: Any, n_envs: int, seed: int) -> VecCh
 
 
 def restore_or_refuse(cfg: Any, run_dir: Path, policy: Any, modules: dict, optimizers: dict,
-                      gen: torch.Generator, venv: VecChunkEnv) -> Optional[dict[str, Any]]:
+                      gen: torch.Generator, venv: ChunkEnvs) -> Optional[dict[str, Any]]:
     """With run.resume: load the latest it_* checkpoint, restore RNGs and env seeds, return its trainer state.
     Without: refuse a run dir that already holds checkpoints (never overwrite a run). Returns None on a fresh run."""
     from genpolicy.training.checkpoint import load_finetune_state
@@ -64,12 +82,11 @@ def restore_or_refuse(cfg: Any, run_dir: Path, policy: Any, modules: dict, optim
     gen.set_state(torch.tensor(st["generator"], dtype=torch.uint8))
     torch.set_rng_state(torch.tensor(st["torch_rng"], dtype=torch.uint8))
     # resume at the iteration boundary: episodes in flight restart, with seeds that continue the sequence
-    venv.next_seed = st["env_next_seed"]
-    venv.obs = [venv._reset(e) for e in venv.envs]
+    venv.restart(st["env_next_seed"])
     return st
 
 
-def rng_state(gen: torch.Generator, venv: VecChunkEnv) -> dict[str, Any]:
+def rng_state(gen: torch.Generator, venv: ChunkEnvs) -> dict[str, Any]:
     """The part of the trainer state that `restore_or_refuse` puts back."""
     return {"generator": gen.get_state().tolist(), "torch_rng": torch.get_rng_state().tolist(),
             "env_next_seed": venv.next_seed}

@@ -194,6 +194,10 @@ def finetune_offpolicy(cfg: Any) -> dict[str, Any]:
     policy = algo.policy
     pc = policy.cfg
     venv = make_venv(cfg, task, policy, oc.n_envs, seed=20_000_000 + 1_000_000 * cfg.run.seed)
+    if not venv.final_obs:  # replay stores next_obs for the TD target: a post-reset window would corrupt it
+        venv.close()
+        raise ConfigError(f"task '{task}' resets inside step and returns no final observation; off-policy fine-tuning "
+                          "needs it for truncated transitions: use an on-policy algo (dppo, fpo, reinflow)")
     specs = {"obs": (pc.n_obs_steps, policy.shape.state_dim), "next_obs": (pc.n_obs_steps, policy.shape.state_dim),
              "action": (pc.horizon, policy.shape.action_dim), "reward": (), "terminated": (), **algo.extra_specs}
     online = DictReplay(specs, oc.capacity).to(device)
@@ -253,14 +257,13 @@ def finetune_offpolicy(cfg: Any) -> dict[str, Any]:
                 obs = venv.batch_obs(device)
                 warm = env_steps < oc.warmup_env_steps
                 out = algo.act(obs, warmup=warm)
-                chunks = policy.unnormalize_actions(out["actions"].clamp(-1.0, 1.0)).cpu().numpy()  # (N, H, Da)
+                chunks = policy.unnormalize_actions(out["actions"].clamp(-1.0, 1.0))  # (N, H, Da) env units
                 res = step_chunks(venv, chunks, oc.reward)
                 env_steps += res.env_steps
                 episodes += res.episodes
-                nxt = {k: torch.as_tensor(np.stack([o[k] for o in res.next_obs]), device=device) for k in res.next_obs[0]}
-                row = {"obs": obs["state"].float(), "next_obs": nxt["state"].float(), "action": out["actions"],
-                       "reward": torch.as_tensor(res.rewards + oc.reward_offset, dtype=torch.float32),
-                       "terminated": torch.as_tensor(res.terminated, dtype=torch.float32)}
+                row = {"obs": obs["state"].float(), "next_obs": res.next_obs["state"].to(device).float(),
+                       "action": out["actions"], "reward": (res.rewards + oc.reward_offset).float(),
+                       "terminated": res.terminated.float()}
                 row.update({k: out[k] for k in algo.extra_specs})
                 online.add(row)
                 if not warm:
