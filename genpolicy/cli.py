@@ -7,7 +7,8 @@
     genpolicy data expert task=gym/hopper-v5 expert.stop_return=1500   (SAC "medium" expert -> data/experts/...)
     genpolicy train task=metaworld/door-open-v3 policy=flow policy.steps=4
     genpolicy eval ckpt=runs/<run>/checkpoints/best [policy sampler/steps overrides: sampler=shortcut steps=1]
-    genpolicy envs list
+    genpolicy envs list [results=benchmarks/results/envs.json]      (every task: obs/action spec, success, steps/s)
+    genpolicy envs measure [all_tasks=true budget_s=3 suites=[dmc]]   (times simulators -> benchmarks/results/envs.*)
     genpolicy finetune algo=reinflow ckpt=runs/<bc run>/checkpoints/best task=toy/bimodal-right preset=toy
     genpolicy bench sampler [nets=[mlp] batches=[1] compiled=false out=benchmarks/results]
     genpolicy serve ckpt=runs/<run>/checkpoints/best [serve.port=8765 serve.token=...]
@@ -48,6 +49,9 @@ def _register() -> None:
     from genpolicy.bench import BenchSamplerConfig
 
     cs.store(name="bench_sampler_schema", node=BenchSamplerConfig)
+    from genpolicy.envs.catalog import EnvsMeasureConfig
+
+    cs.store(name="envs_measure_schema", node=EnvsMeasureConfig)
     for task in list_tasks():  # `task=<name>` works for every registered task
         suite, name = task.split("/", 1)
         cs.store(group=f"task/{suite}", name=name, node=TaskConfig(name=task), package="task")
@@ -182,13 +186,22 @@ def cmd_data(args: list[str]) -> int:
 
 
 def cmd_envs(args: list[str]) -> int:
-    from genpolicy.envs.registry import list_tasks
+    from genpolicy.envs.catalog import EnvsMeasureConfig, describe_all, measure
 
-    if args and args[0] != "list":
-        raise GenpolicyError("usage: genpolicy envs list")
-    for t in list_tasks():
-        print(t)
-    return 0
+    positional, overrides = _split_args(args)
+    if positional in ([], ["list"]):
+        unknown = [o for o in overrides if not o.startswith("results=")]
+        if unknown:
+            raise GenpolicyError(f"envs list: unknown override(s) {unknown}; only results=<envs.json> is accepted")
+        results = next((Path(o.split("=", 1)[1]) for o in overrides), None)
+        print(describe_all(results))
+        return 0
+    if positional == ["measure"]:
+        cfg = compose("envs_measure", overrides, EnvsMeasureConfig)
+        measure(cfg, command=" ".join(["genpolicy envs measure", *overrides]))
+        print(f"wrote {Path(cfg.out) / 'envs.md'} and envs.json")
+        return 0
+    raise GenpolicyError("usage: genpolicy envs list [results=<envs.json>] | genpolicy envs measure [key=value ...]")
 
 
 def cmd_demo(args: list[str]) -> int:

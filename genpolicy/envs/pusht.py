@@ -48,6 +48,17 @@ SUCCESS_DEFINITION = (
 )
 
 
+def describe(task: str = "pusht", images: bool = False, max_episode_steps: int | None = None) -> EnvSpec:
+    """The EnvSpec of ``PushTEnv(task, images=images)``, without building the simulator."""
+    if task not in TASKS:
+        raise ConfigError(f"unknown PushT task 'pusht/{task}'; known: {', '.join('pusht/' + t for t in TASKS)}")
+    return EnvSpec(
+        name=f"pusht/{task}", state_dim=STATE_DIM[images], action_dim=ACTION_DIM,
+        action_low=np.full(ACTION_DIM, ACTION_LOW, np.float32), action_high=np.full(ACTION_DIM, ACTION_HIGH, np.float32),
+        max_episode_steps=int(max_episode_steps or MAX_EPISODE_STEPS), fps=FPS,
+        success_definition=SUCCESS_DEFINITION, cameras=(CAMERA,) if images else ())
+
+
 class PushTEnv:
     """One PushT env; ``images`` chooses the LeRobot pixels layout (see the module docstring).
 
@@ -62,8 +73,7 @@ class PushTEnv:
 
     def __init__(self, task: str = "pusht", seed: int = 0, images: bool = False, image_size: int = 96,
                  render_size: int = 384, max_episode_steps: int | None = None) -> None:
-        if task not in TASKS:
-            raise ConfigError(f"unknown PushT task {task!r}; known: {', '.join('pusht/' + t for t in TASKS)}")
+        self.spec = describe(task, images, max_episode_steps)
         self.images = images
         self._env = _GymPushT(obs_type="pixels_agent_pos" if images else "state", render_mode="rgb_array",
                               observation_width=image_size, observation_height=image_size,
@@ -75,11 +85,6 @@ class PushTEnv:
         self._rng = np.random.default_rng(seed)
         self._t = 0
         self._done = True
-        self.spec = EnvSpec(
-            name=f"pusht/{task}", state_dim=STATE_DIM[images], action_dim=ACTION_DIM,
-            action_low=np.full(ACTION_DIM, ACTION_LOW, np.float32), action_high=np.full(ACTION_DIM, ACTION_HIGH, np.float32),
-            max_episode_steps=int(max_episode_steps or MAX_EPISODE_STEPS), fps=FPS,
-            success_definition=SUCCESS_DEFINITION, cameras=(CAMERA,) if images else ())
 
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
         """Start an episode; the same ``seed`` gives the same agent and block start."""

@@ -78,6 +78,7 @@ STATE_DIM = 19
 
 
 CAMERAS: tuple[str, ...] = ("agentview", "robot0_eye_in_hand")
+CONTROL_FREQ = 20.0
 _ROBOT0_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
 _ROBOT1_KEYS = ("robot1_eef_pos", "robot1_eef_quat", "robot1_gripper_qpos")
 
@@ -158,6 +159,16 @@ def _canonical_task(task: str) -> str:
     return _ALIASES[key]
 
 
+def describe(task: str, images: bool = False, max_episode_steps: int | None = None) -> EnvSpec:
+    """The EnvSpec of ``RobosuiteEnv(task, images=images)`` without building the simulator (seconds per task)."""
+    cfg = TASKS[_canonical_task(task)]
+    da = 7 * len(cfg.robots)  # OSC_POSE (6) + gripper (1) per Panda arm
+    return EnvSpec(name=f"robosuite/{cfg.name}", state_dim=cfg.state_dim, action_dim=da,
+                   action_low=-np.ones(da, np.float32), action_high=np.ones(da, np.float32),
+                   max_episode_steps=max_episode_steps or cfg.max_episode_steps, fps=CONTROL_FREQ,
+                   success_definition=cfg.success_definition, cameras=cfg.cameras if images else ())
+
+
 class RobosuiteEnv:
     """Gymnasium-like wrapper around a single robosuite env (Panda, OSC_POSE, low-dim + optional images)."""
 
@@ -195,7 +206,7 @@ class RobosuiteEnv:
             has_offscreen_renderer=images,
             has_renderer=False,
             reward_shaping=False,
-            control_freq=20,
+            control_freq=CONTROL_FREQ,
             # We own the horizon; robosuite's done flag would otherwise raise on extra steps.
             ignore_done=True,
             horizon=10**9,
