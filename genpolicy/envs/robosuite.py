@@ -229,6 +229,7 @@ class RobosuiteEnv:
         self._eef_site_id = self._robot.eef_site_id["right"]
         self._t = 0
         self._last_obs: dict[str, np.ndarray] = {}
+        self._last_raw: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ gym API
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
@@ -238,6 +239,11 @@ class RobosuiteEnv:
             # placement samplers hold a reference to that same Generator, so reseed it in place.
             self._env.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
         raw = self._env.reset()
+        if not self._cfg.obj_key:
+            # robosuite's reset observation computes object->eef sensors before the eef position is cached, so
+            # e.g. SquareNut_to_robot0_eef_pos is all zeros there; re-read it once the cache is filled.
+            raw = self._env._get_observations(force_update=True)
+        self._last_raw = raw
         self._t = 0
         self._last_obs = self._convert_obs(raw)
         return self._last_obs
@@ -245,6 +251,7 @@ class RobosuiteEnv:
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]:
         action = np.clip(np.asarray(action, dtype=np.float64), self.spec.action_low, self.spec.action_high)
         raw, _, _, _ = self._env.step(action)
+        self._last_raw = raw
         self._t += 1
         success = bool(self._env._check_success())
         terminated = success and self.terminate_on_success
@@ -267,6 +274,11 @@ class RobosuiteEnv:
     @property
     def elapsed_steps(self) -> int:
         return self._t
+
+    @property
+    def raw_obs(self) -> dict[str, np.ndarray]:
+        """robosuite's observation dict behind the latest ``obs`` (what robomimic records per step)."""
+        return self._last_raw
 
     @property
     def raw_env(self):
