@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from genpolicy.envs.base import Env, EnvSpec, Expert
@@ -149,7 +149,7 @@ def task_spec(name: str, images: bool = False) -> EnvSpec:
     env = make_env(name, images=images and SUITES[suite].images)
     spec = env.spec
     env.close()
-    return replace(spec)
+    return spec
 
 
 def make_expert(name: str, noise: float = 0.0, detour_prob: float = 0.0, seed: int = 0,
