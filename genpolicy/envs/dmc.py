@@ -41,7 +41,7 @@ SUCCESS_DEFINITION = "none (return-based suite): success is always False; compar
 
 
 def parse_task(task: str) -> tuple[str, str]:
-    """"cheetah-run" -> ("cheetah", "run"); raises ConfigError naming the valid tasks."""
+    """Split "cheetah-run" into ("cheetah", "run"); a ConfigError names the valid tasks otherwise."""
     domain, _, name = task.partition("-")
     if (domain, name) not in suite.ALL_TASKS:
         known = ", ".join(f"dmc/{d}-{t}" for d, t in suite.ALL_TASKS)

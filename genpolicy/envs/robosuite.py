@@ -240,8 +240,8 @@ class RobosuiteEnv:
             self._env.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
         raw = self._env.reset()
         if not self._cfg.obj_key:
-            # robosuite's reset observation computes object->eef sensors before the eef position is cached, so
-            # e.g. SquareNut_to_robot0_eef_pos is all zeros there; re-read it once the cache is filled.
+            # In robosuite's reset observation the object->eef sensors find world_pose_in_gripper not yet cached
+            # and return zeros (e.g. SquareNut_to_robot0_eef_pos); re-read once the cache is filled.
             raw = self._env._get_observations(force_update=True)
         self._last_raw = raw
         self._t = 0
