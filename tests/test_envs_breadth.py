@@ -372,3 +372,15 @@ def test_envs_measure_then_list_shows_every_suite(tmp_path: Path) -> None:
     assert "5/2" in pusht_row and f"{measured[('pusht/pusht', False)]:.0f}" in pusht_row
     assert "not measured" in next(line for line in text.splitlines() if "dmc/cheetah-run" in line)
     assert "success (every kitchen task): all 4 subtasks" in text
+
+
+def test_dmc_fast_rendering_shows_the_same_scene() -> None:
+    frames = {}
+    for quality in ("full", "fast"):  # full = physics.render (DMC benchmarks); fast = no shadows / MSAA
+        env = make_env("dmc/cheetah-run", images=True, render_quality=quality)
+        frames[quality] = env.reset(seed=0)["image.side"].astype(np.float64)
+        env.close()
+    assert frames["full"].shape == frames["fast"].shape == (3, 84, 84)
+    assert np.corrcoef(frames["full"].ravel(), frames["fast"].ravel())[0, 1] > 0.8
+    with pytest.raises(ConfigError, match="render_quality"):
+        make_env("dmc/cheetah-run", render_quality="ultra")

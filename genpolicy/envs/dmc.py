@@ -6,9 +6,10 @@ Task names are ``dmc/<domain>-<task>``, e.g. ``dmc/cheetah-run``, ``dmc/ball_in_
 order the task itself defines, e.g. walker: orientations, height, velocity); ``obs_layout`` lists
 (key, start, stop) per block, and a step whose keys differ from that order raises instead of silently shifting.
 Actions in [-1, 1] are scaled to the action spec's [minimum, maximum] (all [-1, 1] in the standard suite).
-``image.<camera>`` uses the camera DrQ/DMC-benchmarks use (id 0, quadruped id 2). ``render_quality="full"`` renders with
-``physics.render`` exactly as those benchmarks do (~50 fps at 84 px on software GL); the default "fast" turns off
-shadows, reflections and MSAA (~125 fps). Keep it fixed between data collection and evaluation.
+``image.<camera>`` uses the camera DrQ/DMC-benchmarks use (id 0, quadruped id 2). The default
+``render_quality="full"`` renders with ``physics.render``, exactly as those benchmarks do (~50 fps at 84 px on
+software GL); "fast" turns off shadows, reflections and MSAA (~125-250 fps, slightly different pictures). Keep it
+fixed between data collection and evaluation.
 
 DMC has no success notion: ``success`` is always False and the episode return is the metric (as for gym
 locomotion). Episodes end by time limit (1000 steps), which is a truncation, never a termination.
@@ -58,12 +59,12 @@ class DMCEnv:
         images: add ``image.<camera>`` (uint8 (3, H, W)).
         image_size / render_size: square sizes of image observations and ``render()`` frames.
         max_episode_steps: truncation horizon (default: the task's own limit, 1000 steps).
-        render_quality: "fast" (no shadows, reflections or MSAA) or "full" (``physics.render``, as DMC benchmarks).
+        render_quality: "full" (``physics.render``, as DMC benchmarks) or "fast" (no shadows, reflections or MSAA).
     """
 
     def __init__(self, task: str, seed: int = 0, images: bool = False, image_size: int = 84,
                  render_size: int = 256, max_episode_steps: int | None = None,
-                 render_quality: Literal["fast", "full"] = "fast") -> None:
+                 render_quality: Literal["fast", "full"] = "full") -> None:
         if render_quality not in ("fast", "full"):
             raise ConfigError(f"dmc render_quality must be 'fast' or 'full', got {render_quality!r}")
         domain, name = parse_task(task)
