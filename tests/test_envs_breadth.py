@@ -197,7 +197,8 @@ def test_lerobot_pusht_dataset_trains_directly(tmp_path: Path) -> None:
     cfg = TrainConfig(task=TaskConfig(name="pusht/pusht", images=True), data=DataConfig(path=str(zarr_path)))
     assert load_demos(cfg).n_episodes == 2
     with pytest.raises(DataError, match="expects 5"):  # state mode is the 5-d state, not LeRobot's 2-d one
-        load_demos(TrainConfig(task=TaskConfig(name="pusht/pusht", images=False), data=DataConfig(path=str(zarr_path))))
+        load_demos(TrainConfig(task=TaskConfig(name="pusht/pusht", images=False),
+                               data=DataConfig(path=str(zarr_path))))
 
     env = make_env("pusht/pusht", images=True)  # the stored pixel actions drive the env unchanged
     env.reset(seed=100)

@@ -194,7 +194,9 @@ def describe_all(results: Path | None = None) -> str:
         for name in names:
             spec, spec_img = task_spec(name), task_spec(name, images=True)
             specs[name] = spec
-            dims = str(spec.state_dim) if spec_img.state_dim == spec.state_dim else f"{spec.state_dim}/{spec_img.state_dim}"
+            dims = str(spec.state_dim)
+            if spec_img.state_dim != spec.state_dim:
+                dims += f"/{spec_img.state_dim}"
             cams = ",".join(spec_img.cameras) if s.images else "none (state only)"
             out.append(f"  {name:44s} {dims:>7s}  {cams:34s} {spec.action_dim:>4d} {spec.max_episode_steps:>5d} "
                        f"{spec.fps:>6.1f}  {_fmt_speed(measured, name, False)} | {_fmt_speed(measured, name, True)}")

@@ -79,7 +79,8 @@ class KitchenEnv:
                  image_size: int = 84, render_size: int = 256, max_episode_steps: int | None = None) -> None:
         self.spec = describe(task, images, max_episode_steps)
         if BONUS_THRESH != 0.3:
-            raise ConfigError(f"gymnasium-robotics kitchen threshold is {BONUS_THRESH}, our success_definition says 0.3")
+            raise ConfigError(f"gymnasium-robotics kitchen threshold is {BONUS_THRESH}, "
+                              "our success_definition says 0.3")
         self.subtasks = TASKS[task]
         self.images = images
         self.image_size, self.render_size = int(image_size), int(render_size)
@@ -100,7 +101,8 @@ class KitchenEnv:
         self._t = 0
         self._done = True
         if abs(self._env.robot_env.dt * FPS - 1.0) > 1e-9:
-            raise ConfigError(f"gymnasium-robotics kitchen steps every {self._env.robot_env.dt} s; genpolicy assumes {FPS} Hz")
+            raise ConfigError(f"gymnasium-robotics kitchen steps every {self._env.robot_env.dt} s; "
+                              f"genpolicy assumes {FPS} Hz")
 
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
         """Start an episode; the same ``seed`` gives the same (noisy) first observation."""

@@ -54,7 +54,8 @@ def describe(task: str = "pusht", images: bool = False, max_episode_steps: int |
         raise ConfigError(f"unknown PushT task 'pusht/{task}'; known: {', '.join('pusht/' + t for t in TASKS)}")
     return EnvSpec(
         name=f"pusht/{task}", state_dim=STATE_DIM[images], action_dim=ACTION_DIM,
-        action_low=np.full(ACTION_DIM, ACTION_LOW, np.float32), action_high=np.full(ACTION_DIM, ACTION_HIGH, np.float32),
+        action_low=np.full(ACTION_DIM, ACTION_LOW, np.float32),
+        action_high=np.full(ACTION_DIM, ACTION_HIGH, np.float32),
         max_episode_steps=int(max_episode_steps or MAX_EPISODE_STEPS), fps=FPS,
         success_definition=SUCCESS_DEFINITION, cameras=(CAMERA,) if images else ())
 

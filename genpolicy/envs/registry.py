@@ -52,7 +52,8 @@ SUITES: dict[str, Suite] = {
     "robosuite": Suite(ROBOSUITE_TASKS, ("robosuite", "mujoco"), "lift"),
     "gym": Suite(GYM_TASKS, ("gymnasium", "mujoco"), "hopper-v5", images=False),
     "pusht": Suite(("pusht",), ("gym_pusht", "pymunk", "pygame", "shapely", "cv2"), "pusht"),
-    "kitchen": Suite(("microwave-kettle-switch-slide",), ("gymnasium_robotics", "mujoco"), "microwave-kettle-switch-slide"),
+    "kitchen": Suite(("microwave-kettle-switch-slide",), ("gymnasium_robotics", "mujoco"),
+                     "microwave-kettle-switch-slide"),
     "dmc": Suite(DMC_TASKS, ("dm_control", "mujoco"), "cheetah-run", closed=False),
 }
 
@@ -177,4 +178,5 @@ def make_expert(name: str, noise: float = 0.0, detour_prob: float = 0.0, seed: i
                           "observation.image, action in pixels): `genpolicy data convert <lerobot pusht dir> "
                           "data/pusht.zarr` then `genpolicy train task=pusht/pusht task.images=true`")
     raise ConfigError(f"'{name}' has no scripted expert; convert recorded Franka Kitchen demonstrations "
-                      "(59-d state, 9-d joint-velocity actions, see genpolicy/envs/kitchen.py) with `genpolicy data convert`")
+                      "(59-d state, 9-d joint-velocity actions, see genpolicy/envs/kitchen.py) with "
+                      "`genpolicy data convert`")

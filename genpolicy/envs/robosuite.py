@@ -146,16 +146,19 @@ TASKS: dict[str, _TaskConfig] = {
     ),
 }
 _ALIASES = {"lift": "lift", "pickplacecan": "pickplacecan", "can": "pickplacecan", "pick_place_can": "pickplacecan",
-            "square": "nutassemblysquare", "nutassemblysquare": "nutassemblysquare", "nut_assembly_square": "nutassemblysquare",
-            "transport": "twoarmtransport", "twoarmtransport": "twoarmtransport", "two_arm_transport": "twoarmtransport"}
+            "square": "nutassemblysquare", "nutassemblysquare": "nutassemblysquare",
+            "nut_assembly_square": "nutassemblysquare", "transport": "twoarmtransport",
+            "twoarmtransport": "twoarmtransport", "two_arm_transport": "twoarmtransport"}
 # robomimic obs keys per genpolicy task name whose concatenation (in this order) is our `state`.
-ROBOMIMIC_STATE_KEYS: dict[str, tuple[str, ...]] = {c.name: c.robomimic_keys for c in TASKS.values() if c.robomimic_keys}
+ROBOMIMIC_STATE_KEYS: dict[str, tuple[str, ...]] = {
+    c.name: c.robomimic_keys for c in TASKS.values() if c.robomimic_keys}
 
 
 def _canonical_task(task: str) -> str:
     key = task.lower().split("/")[-1].replace("-", "_")
     if key not in _ALIASES:
-        raise ConfigError(f"unknown robosuite task {task!r}; known: {', '.join('robosuite/' + c.name for c in TASKS.values())}")
+        known = ", ".join(f"robosuite/{c.name}" for c in TASKS.values())
+        raise ConfigError(f"unknown robosuite task {task!r}; known: {known}")
     return _ALIASES[key]
 
 
