@@ -176,6 +176,14 @@ def _fmt_speed(measured: dict[tuple[str, bool], float], task: str, images: bool)
     return "not measured" if v is None else f"{v:.0f}"
 
 
+def _fmt_action(spec: EnvSpec) -> str:
+    """Action dim, plus the box when it is not the usual [-1, 1] (PushT takes pixel targets)."""
+    lo, hi = float(spec.action_low.min()), float(spec.action_high.max())
+    if lo == -1.0 and hi == 1.0:
+        return str(spec.action_dim)
+    return f"{spec.action_dim} [{lo:g},{hi:g}]"
+
+
 def describe_all(results: Path | None = None) -> str:
     """The `genpolicy envs list` text: one table per suite, then each task's success definition."""
     measured = load_measured(results)
@@ -188,7 +196,7 @@ def describe_all(results: Path | None = None) -> str:
             out += [f"[{suite}] needs {', '.join(missing)} (not installed): " + " ".join(names), ""]
             continue
         out.append(f"[{suite}] {len(names)} task(s)")
-        out.append(f"  {'task':44s} {'state':>7s}  {'cameras (images=true)':34s} {'act':>4s} {'T':>5s} {'fps':>6s}  "
+        out.append(f"  {'task':44s} {'state':>7s}  {'cameras (images=true)':34s} {'act':>11s} {'T':>5s} {'fps':>6s}  "
                    f"steps/s state | images")
         specs: dict[str, EnvSpec] = {}
         for name in names:
@@ -198,7 +206,7 @@ def describe_all(results: Path | None = None) -> str:
             if spec_img.state_dim != spec.state_dim:
                 dims += f"/{spec_img.state_dim}"
             cams = ",".join(spec_img.cameras) if s.images else "none (state only)"
-            out.append(f"  {name:44s} {dims:>7s}  {cams:34s} {spec.action_dim:>4d} {spec.max_episode_steps:>5d} "
+            out.append(f"  {name:44s} {dims:>7s}  {cams:34s} {_fmt_action(spec):>11s} {spec.max_episode_steps:>5d} "
                        f"{spec.fps:>6.1f}  {_fmt_speed(measured, name, False)} | {_fmt_speed(measured, name, True)}")
         defs = {sp.success_definition for sp in specs.values()}
         if len(defs) == 1:
