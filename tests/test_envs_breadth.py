@@ -11,10 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-# lerobot-dataset pulls in torchvision -> torch._dynamo, whose first import segfaults once dm_control has been
-# imported or a MuJoCo EGL context exists in the process; importing it at collection (before any env) avoids that.
-from ledataset.datasets.lerobot_dataset import LeRobotDataset
-
 from genpolicy.envs.base import EnvSpec
 from genpolicy.envs.registry import SUITES, Suite, list_tasks, make_env, make_expert, task_spec
 from genpolicy.errors import ConfigError, DataError
@@ -165,7 +161,11 @@ def _record_pusht(n_episodes: int, steps: int) -> list[dict[str, np.ndarray]]:
 
 def test_lerobot_pusht_dataset_trains_directly(tmp_path: Path) -> None:
     """A dataset in lerobot/pusht's layout, written by lerobot-dataset itself, imports with the dims of the
-    images-mode PushT spec, passes the training data check, and its pixel actions replay in the env."""
+    images-mode PushT spec, passes the training data check, and its pixel actions replay in the env.
+    It runs after other envs have rendered: lerobot-dataset imports torchvision -> triton, which segfaulted after
+    an EGL context existed until the registry loaded triton first."""
+    from ledataset.datasets.lerobot_dataset import LeRobotDataset
+
     from genpolicy.config import DataConfig, TaskConfig, TrainConfig
     from genpolicy.datasets.lerobot import import_lerobot
     from genpolicy.training.bc import load_demos
@@ -385,3 +385,18 @@ def test_dmc_fast_rendering_shows_the_same_scene() -> None:
     assert np.corrcoef(frames["full"].ravel(), frames["fast"].ravel())[0, 1] > 0.8
     with pytest.raises(ConfigError, match="render_quality"):
         make_env("dmc/cheetah-run", render_quality="ultra")
+
+
+def test_torchvision_imports_after_an_env_has_rendered() -> None:
+    """In a fresh process: render a dm_control frame, then import torchvision (-> triton). Without the registry
+    loading triton before EGL this segfaults (two LLVMs: Mesa llvmpipe and triton)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from genpolicy.envs.registry import make_env\n"
+            "env = make_env('dmc/cartpole-swingup', images=True); env.reset(seed=0); env.close()\n"
+            "import torchvision.models, torch._dynamo\nprint('ok')\n")
+    env = dict(os.environ, MUJOCO_GL="egl", PYOPENGL_PLATFORM="egl", OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]

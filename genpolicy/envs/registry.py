@@ -62,6 +62,11 @@ def _setup_rendering() -> None:
     # MuJoCo picks its GL backend at import time; headless machines need EGL.
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    # Software EGL (Mesa llvmpipe) and triton (torch.compile, torchvision -> torch._dynamo) each bring an LLVM;
+    # importing triton once an EGL display exists (dm_control does that on import, MuJoCo on the first render)
+    # segfaults here (torch 2.14.1). Loaded first (0.2 s), both work.
+    if importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
 
 
 def list_tasks() -> list[str]:
