@@ -8,7 +8,8 @@
     genpolicy train task=metaworld/door-open-v3 policy=flow policy.steps=4
     torchrun --standalone --nproc_per_node=2 -m genpolicy.cli train ...   (data parallel; train.batch_size is global)
     genpolicy eval ckpt=runs/<run>/checkpoints/best [policy sampler/steps overrides: sampler=shortcut steps=1]
-    genpolicy envs list
+    genpolicy envs list [results=benchmarks/results/envs.json]      (every task: obs/action spec, success, steps/s)
+    genpolicy envs measure [all_tasks=true budget_s=3 suites=[dmc]]   (times simulators -> benchmarks/results/envs.*)
     genpolicy finetune algo=reinflow ckpt=runs/<bc run>/checkpoints/best task=toy/bimodal-right preset=toy
     genpolicy bench sampler [nets=[mlp] batches=[1] compiled=false out=benchmarks/results]
     genpolicy serve ckpt=runs/<run>/checkpoints/best [serve.port=8765 serve.token=...]
@@ -49,10 +50,26 @@ def _register() -> None:
     from genpolicy.bench import BenchSamplerConfig
 
     cs.store(name="bench_sampler_schema", node=BenchSamplerConfig)
+    from genpolicy.envs.catalog import EnvsMeasureConfig
+
+    cs.store(name="envs_measure_schema", node=EnvsMeasureConfig)
     for task in list_tasks():  # `task=<name>` works for every registered task
         suite, name = task.split("/", 1)
         cs.store(group=f"task/{suite}", name=name, node=TaskConfig(name=task), package="task")
     _registered = True
+
+
+def _register_task(task: str) -> None:
+    """Make `task=<suite>/<name>` selectable when the registry accepts the name (unknown names keep Hydra's error)."""
+    from hydra.core.config_store import ConfigStore
+
+    from genpolicy.config import TaskConfig
+    from genpolicy.envs.registry import SUITES, list_tasks
+
+    suite, name = task.split("/", 1)
+    if task in list_tasks() or suite not in SUITES or SUITES[suite].closed or not name:
+        return
+    ConfigStore.instance().store(group=f"task/{suite}", name=name, node=TaskConfig(name=task), package="task")
 
 
 def compose(config_name: str, overrides: list[str], schema: type) -> Any:
@@ -70,6 +87,9 @@ def compose(config_name: str, overrides: list[str], schema: type) -> Any:
     if any(f.name == "task" and f.type in (str, "str") for f in dataclasses.fields(schema)):
         plain_task = next((o.split("=", 1)[1] for o in overrides if o.startswith("task=")), None)
         overrides = [o for o in overrides if not o.startswith("task=")]
+    for o in overrides:  # open suites (metaworld, dmc, isaaclab) also take names the registry does not list
+        if o.startswith("task=") and "/" in o:
+            _register_task(o.split("=", 1)[1])
     if not CONFIG_DIR.is_dir():
         raise GenpolicyError(f"{CONFIG_DIR}: config directory missing (is genpolicy installed from its source tree?)")
     from hydra.errors import MissingConfigException
@@ -199,13 +219,22 @@ def cmd_data(args: list[str]) -> int:
 
 
 def cmd_envs(args: list[str]) -> int:
-    from genpolicy.envs.registry import list_tasks
+    from genpolicy.envs.catalog import EnvsMeasureConfig, describe_all, measure
 
-    if args and args[0] != "list":
-        raise GenpolicyError("usage: genpolicy envs list")
-    for t in list_tasks():
-        print(t)
-    return 0
+    positional, overrides = _split_args(args)
+    if positional in ([], ["list"]):
+        unknown = [o for o in overrides if not o.startswith("results=")]
+        if unknown:
+            raise GenpolicyError(f"envs list: unknown override(s) {unknown}; only results=<envs.json> is accepted")
+        results = next((Path(o.split("=", 1)[1]) for o in overrides), None)
+        print(describe_all(results))
+        return 0
+    if positional == ["measure"]:
+        cfg = compose("envs_measure", overrides, EnvsMeasureConfig)
+        measure(cfg, command=" ".join(["genpolicy envs measure", *overrides]))
+        print(f"wrote {Path(cfg.out) / 'envs.md'} and envs.json")
+        return 0
+    raise GenpolicyError("usage: genpolicy envs list [results=<envs.json>] | genpolicy envs measure [key=value ...]")
 
 
 def cmd_demo(args: list[str]) -> int:

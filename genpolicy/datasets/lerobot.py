@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 IMAGES_PREFIX = "observation.images."
+SINGLE_IMAGE_KEY = "observation.image"  # LeRobot's one-camera datasets (pusht) -> image.image
 # Columns ledataset adds to every dataset (DEFAULT_FEATURES); never user data.
 _DEFAULT_FEATURE_KEYS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 
@@ -247,8 +248,9 @@ def import_arrays(
       axis (default ``["observation.state"]``; pass ``[]`` for no state).
     * ``data["action"]`` float32 (N, Da) from ``action_key``.
     * ``data["image.<cam>"]`` uint8 (N, 3, H, W) for each key in ``image_keys``
-      (default: every ``observation.images.*`` feature of dtype image or video);
-      ``<cam>`` is the key with the ``observation.images.`` prefix removed.
+      (default: every ``observation.images.*`` feature of dtype image or video, and LeRobot's
+      single-camera ``observation.image`` as in ``lerobot/pusht``); ``<cam>`` is the key with the
+      ``observation.images.`` prefix removed, and ``image`` for ``observation.image``.
     * ``episode_ends`` int64 (E,), from ``meta/episodes`` (``length`` ordered by
       ``episode_index``), cross-checked against the frame table.
     * ``meta``: fps, features, n_episodes, n_frames, source, codebase_version,
@@ -287,7 +289,8 @@ def import_arrays(
         raise ValueError(f"import_lerobot({root}): action key {action_key!r} has dtype {ft['dtype']!r}")
     if image_keys is None:
         image_keys = [
-            k for k, f in features.items() if k.startswith(IMAGES_PREFIX) and f["dtype"] in ("image", "video")
+            k for k, f in features.items()
+            if (k.startswith(IMAGES_PREFIX) or k == SINGLE_IMAGE_KEY) and f["dtype"] in ("image", "video")
         ]
     image_keys = list(image_keys)
     for k in image_keys:

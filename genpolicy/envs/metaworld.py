@@ -52,6 +52,7 @@ RenderQuality = Literal["fast", "full"]
 STATE_DIM = 39
 ACTION_DIM = 4
 DEFAULT_MAX_EPISODE_STEPS = 500  # Meta-World's own `max_path_length`; see REPORT.md for what experts need.
+FPS = 80.0  # frame_skip 5 x timestep 2.5 ms = 12.5 ms per step
 DEFAULT_CAMERA = "corner"  # close oblique view of the table; objects stay large even at 84x84 (see REPORT.md)
 SUCCESS_DEFINITION = (
     "info['success'] == 1 at any step (Meta-World's own per-task success check, computed by "
@@ -65,8 +66,17 @@ def _normalise_task(task: str) -> str:
     if not name.endswith("-v3"):
         name = f"{name}-v3"
     if name not in ALL_V3_ENVIRONMENTS:
-        raise ConfigError(f"unknown Meta-World v3 task {task!r}; see `genpolicy envs list`")
+        known = ", ".join(sorted(ALL_V3_ENVIRONMENTS))
+        raise ConfigError(f"unknown Meta-World v3 task {task!r}; known (metaworld/<name>): {known}")
     return name
+
+
+def describe(task: str, images: bool = False, max_episode_steps: int | None = None) -> EnvSpec:
+    """The EnvSpec of ``MetaWorldEnv(task, images=images)`` without building it (MT1 layouts take ~1 s)."""
+    return EnvSpec(name=f"metaworld/{_normalise_task(task)}", state_dim=STATE_DIM, action_dim=ACTION_DIM,
+                   action_low=-np.ones(ACTION_DIM, np.float32), action_high=np.ones(ACTION_DIM, np.float32),
+                   max_episode_steps=int(max_episode_steps or DEFAULT_MAX_EPISODE_STEPS), fps=FPS,
+                   success_definition=SUCCESS_DEFINITION, cameras=(DEFAULT_CAMERA,) if images else ())
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,4 +1,4 @@
-"""robosuite 1.5.2 adapter (Lift, PickPlaceCan) with scripted pick-and-place experts.
+"""robosuite 1.5.2 adapter (Lift, PickPlaceCan, NutAssemblySquare, TwoArmTransport); experts for Lift and Can.
 
 Single-env, gymnasium-like, numpy-only interface on top of robosuite 1.5.2:
 
@@ -15,6 +15,19 @@ Single-env, gymnasium-like, numpy-only interface on top of robosuite 1.5.2:
       [12:16] obj_quat       cube_quat / Can_quat (xyzw)
       [16:19] obj_to_eef     obj_pos - eef_pos (world frame)
 
+* ``robosuite/square`` and ``robosuite/transport`` use robomimic's low-dim layout instead: ``state`` is the
+  concatenation of ``ROBOMIMIC_STATE_KEYS[task]`` (``object`` = robosuite's ``object-state``, which is what
+  robomimic stores under ``obs/object``)::
+
+      square     robot0_eef_pos(3) robot0_eef_quat(4) robot0_gripper_qpos(2) object(14)              = 23
+      transport  robot0_eef_pos robot0_eef_quat robot0_gripper_qpos robot1_eef_pos robot1_eef_quat
+                 robot1_gripper_qpos object(41)                                                      = 59
+
+  so ``import_robomimic(path, state_keys=list(ROBOMIMIC_STATE_KEYS[task]))`` (or ``genpolicy data convert
+  ... state_keys=[...]``) yields exactly this ``state``. Lift's 19-d layout above is the same concatenation
+  (robosuite 1.5.2's Lift ``object-state`` = cube_pos, cube_quat, cube_pos - eef_pos), so it has keys too; Can's
+  is not (robomimic's Can ``object`` is 14-d, with the relative pose in the gripper frame), so it has none.
+  The values are robosuite 1.5.2's; files recorded with another robosuite version were not checked here.
 * Reward is sparse: 1.0 on a step where ``env._check_success()`` holds, else 0.0.
   ``terminated`` is True on success (configurable); ``truncated`` at ``max_episode_steps``.
 * Resets are soft (``hard_reset=False``): ~5 ms instead of ~1-2 s for a full XML reload. The
@@ -47,6 +60,7 @@ __all__ = [
     "LiftExpert",
     "PickPlaceCanExpert",
     "make_robosuite_expert",
+    "ROBOMIMIC_STATE_KEYS",
     "STATE_LAYOUT",
     "TASKS",
 ]
@@ -63,42 +77,99 @@ STATE_LAYOUT: tuple[tuple[str, int, int], ...] = (
 STATE_DIM = 19
 
 
+CAMERAS: tuple[str, ...] = ("agentview", "robot0_eye_in_hand")
+CONTROL_FREQ = 20.0
+_ROBOT0_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
+_ROBOT1_KEYS = ("robot1_eef_pos", "robot1_eef_quat", "robot1_gripper_qpos")
+
+
 @dataclass(frozen=True)
 class _TaskConfig:
     env_name: str  # robosuite class name
-    obj_key: str  # prefix of the object observables (f"{obj_key}_pos", f"{obj_key}_quat")
+    name: str  # genpolicy task name (robosuite/<name>)
+    obj_key: str  # prefix of the object observables (f"{obj_key}_pos"); "" = state is the robomimic concatenation
     max_episode_steps: int
     success_definition: str
+    state_dim: int
+    robots: tuple[str, ...] = ("Panda",)
+    cameras: tuple[str, ...] = CAMERAS
+    robomimic_keys: tuple[str, ...] = ()  # robomimic obs keys whose concatenation is `state` (empty: none)
 
 
 TASKS: dict[str, _TaskConfig] = {
     "lift": _TaskConfig(
         env_name="Lift",
+        name="lift",
         obj_key="cube",
         max_episode_steps=150,
         success_definition="cube centre lifted above table height + 0.04 m (robosuite Lift._check_success).",
+        state_dim=STATE_DIM,
+        robomimic_keys=(*_ROBOT0_KEYS, "object"),
     ),
     "pickplacecan": _TaskConfig(
         env_name="PickPlaceCan",
+        name="can",
         obj_key="Can",
         max_episode_steps=300,
+        state_dim=STATE_DIM,
         success_definition=(
             "can centre inside the can quadrant of the target bin (x in [0.1, 0.295], y in [0.28, 0.525], "
             "z in (0.8, 0.9)) while the gripper is > ~0.042 m away from it, i.e. released "
             "(robosuite PickPlace._check_success)."
         ),
     ),
+    "nutassemblysquare": _TaskConfig(
+        env_name="NutAssemblySquare",
+        name="square",
+        obj_key="",
+        max_episode_steps=400,  # robomimic's rollout horizon for square
+        success_definition=(
+            "square nut centre within 0.03 m (x and y) of the square peg and below table height + 0.05 m, "
+            "with the grip site > ~0.042 m away from the nut, i.e. released (robosuite NutAssembly._check_success)."
+        ),
+        state_dim=23,
+        robomimic_keys=(*_ROBOT0_KEYS, "object"),
+    ),
+    "twoarmtransport": _TaskConfig(
+        env_name="TwoArmTransport",
+        name="transport",
+        obj_key="",
+        max_episode_steps=700,  # robomimic's rollout horizon for transport
+        success_definition=(
+            "payload inside the target bin and trash inside the trash bin at the same step "
+            "(robosuite TwoArmTransport._check_success)."
+        ),
+        state_dim=59,
+        robots=("Panda", "Panda"),  # env_configuration "opposed", as in robomimic's transport data
+        cameras=("shouldercamera0", "shouldercamera1", "robot0_eye_in_hand", "robot1_eye_in_hand"),
+        robomimic_keys=(*_ROBOT0_KEYS, *_ROBOT1_KEYS, "object"),
+    ),
 }
-_ALIASES = {"lift": "lift", "pickplacecan": "pickplacecan", "can": "pickplacecan", "pick_place_can": "pickplacecan"}
-
-CAMERAS: tuple[str, ...] = ("agentview", "robot0_eye_in_hand")
+_ALIASES = {"lift": "lift", "pickplacecan": "pickplacecan", "can": "pickplacecan", "pick_place_can": "pickplacecan",
+            "square": "nutassemblysquare", "nutassemblysquare": "nutassemblysquare",
+            "nut_assembly_square": "nutassemblysquare", "transport": "twoarmtransport",
+            "twoarmtransport": "twoarmtransport", "two_arm_transport": "twoarmtransport"}
+# robomimic obs keys per genpolicy task name whose concatenation (in this order) is our `state`.
+ROBOMIMIC_STATE_KEYS: dict[str, tuple[str, ...]] = {
+    c.name: c.robomimic_keys for c in TASKS.values() if c.robomimic_keys}
 
 
 def _canonical_task(task: str) -> str:
     key = task.lower().split("/")[-1].replace("-", "_")
     if key not in _ALIASES:
-        raise ConfigError(f"unknown robosuite task {task!r}; choose from {sorted(TASKS)}")
+        known = ", ".join(f"robosuite/{c.name}" for c in TASKS.values())
+        raise ConfigError(f"unknown robosuite task {task!r}; known: {known}")
     return _ALIASES[key]
+
+
+def describe(task: str, images: bool = False, max_episode_steps: int | None = None) -> EnvSpec:
+    """The EnvSpec of ``RobosuiteEnv(task, images=images)`` without building the simulator (seconds per task)."""
+    cfg = TASKS[_canonical_task(task)]
+    da = 7 * len(cfg.robots)  # OSC_POSE (6) + gripper (1) per Panda arm
+    return EnvSpec(name=f"robosuite/{cfg.name}", state_dim=cfg.state_dim, action_dim=da,
+                   action_low=-np.ones(da, np.float32), action_high=np.ones(da, np.float32),
+                   max_episode_steps=max_episode_steps or cfg.max_episode_steps, fps=CONTROL_FREQ,
+                   success_definition=cfg.success_definition, cameras=cfg.cameras if images else ())
 
 
 class RobosuiteEnv:
@@ -123,13 +194,14 @@ class RobosuiteEnv:
         self.render_camera = render_camera
         self.terminate_on_success = terminate_on_success
         controller = load_composite_controller_config(controller="BASIC", robot="Panda")
+        self.cameras = self._cfg.cameras
         self._env = suite.make(
             self._cfg.env_name,
-            robots="Panda",
+            robots=list(self._cfg.robots) if len(self._cfg.robots) > 1 else self._cfg.robots[0],
             controller_configs=controller,
             use_object_obs=True,
             use_camera_obs=images,
-            camera_names=list(CAMERAS),
+            camera_names=list(self.cameras),
             camera_heights=image_size,
             camera_widths=image_size,
             # Offscreen context is created lazily in render() when images=False, so state-only
@@ -137,7 +209,7 @@ class RobosuiteEnv:
             has_offscreen_renderer=images,
             has_renderer=False,
             reward_shaping=False,
-            control_freq=20,
+            control_freq=CONTROL_FREQ,
             # We own the horizon; robosuite's done flag would otherwise raise on extra steps.
             ignore_done=True,
             horizon=10**9,
@@ -146,20 +218,21 @@ class RobosuiteEnv:
         )
         low, high = self._env.action_spec
         self.spec = EnvSpec(
-            name="robosuite/can" if self.task == "pickplacecan" else f"robosuite/{self.task}",
-            state_dim=STATE_DIM,
+            name=f"robosuite/{self._cfg.name}",
+            state_dim=self._cfg.state_dim,
             action_dim=int(low.shape[0]),
             action_low=low.astype(np.float32),
             action_high=high.astype(np.float32),
             max_episode_steps=max_episode_steps or self._cfg.max_episode_steps,
             fps=float(self._env.control_freq),
             success_definition=self._cfg.success_definition,
-            cameras=CAMERAS if images else (),
+            cameras=self.cameras if images else (),
         )
         self._robot = self._env.robots[0]
         self._eef_site_id = self._robot.eef_site_id["right"]
         self._t = 0
         self._last_obs: dict[str, np.ndarray] = {}
+        self._last_raw: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ gym API
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
@@ -169,6 +242,11 @@ class RobosuiteEnv:
             # placement samplers hold a reference to that same Generator, so reseed it in place.
             self._env.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
         raw = self._env.reset()
+        if not self._cfg.obj_key:
+            # In robosuite's reset observation the object->eef sensors find world_pose_in_gripper not yet cached
+            # and return zeros (e.g. SquareNut_to_robot0_eef_pos); re-read once the cache is filled.
+            raw = self._env._get_observations(force_update=True)
+        self._last_raw = raw
         self._t = 0
         self._last_obs = self._convert_obs(raw)
         return self._last_obs
@@ -176,6 +254,7 @@ class RobosuiteEnv:
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]:
         action = np.clip(np.asarray(action, dtype=np.float64), self.spec.action_low, self.spec.action_high)
         raw, _, _, _ = self._env.step(action)
+        self._last_raw = raw
         self._t += 1
         success = bool(self._env._check_success())
         terminated = success and self.terminate_on_success
@@ -198,6 +277,11 @@ class RobosuiteEnv:
     @property
     def elapsed_steps(self) -> int:
         return self._t
+
+    @property
+    def raw_obs(self) -> dict[str, np.ndarray]:
+        """robosuite's observation dict behind the latest ``obs`` (what robomimic records per step)."""
+        return self._last_raw
 
     @property
     def raw_env(self):
@@ -237,14 +321,17 @@ class RobosuiteEnv:
 
     def _convert_obs(self, raw: dict) -> dict[str, np.ndarray]:
         k = self._cfg.obj_key
-        eef_pos = raw["robot0_eef_pos"]
-        obj_pos = raw[f"{k}_pos"]
-        state = np.concatenate(
-            [eef_pos, raw["robot0_eef_quat"], raw["robot0_gripper_qpos"], obj_pos, raw[f"{k}_quat"], obj_pos - eef_pos]
-        ).astype(np.float32)
-        obs = {"state": state}
+        if k:
+            eef_pos = raw["robot0_eef_pos"]
+            obj_pos = raw[f"{k}_pos"]
+            parts = [eef_pos, raw["robot0_eef_quat"], raw["robot0_gripper_qpos"], obj_pos, raw[f"{k}_quat"],
+                     obj_pos - eef_pos]
+        else:
+            # robomimic stores robosuite's "object-state" under the key "object"
+            parts = [np.ravel(raw["object-state" if key == "object" else key]) for key in self._cfg.robomimic_keys]
+        obs = {"state": np.concatenate(parts).astype(np.float32)}
         if self.images:
-            for cam in CAMERAS:
+            for cam in self.cameras:
                 # (H, W, 3) bottom-up -> (3, H, W) top-down
                 obs[f"image.{cam}"] = np.ascontiguousarray(raw[f"{cam}_image"][::-1].transpose(2, 0, 1))
         return obs
@@ -511,6 +598,15 @@ class PickPlaceCanExpert(_ScriptedExpert):
 
 
 def make_robosuite_expert(task: str, noise: float = 0.0, detour_prob: float = 0.0, seed: int = 0) -> _ScriptedExpert:
-    """Expert for a task name accepted by RobosuiteEnv."""
-    cls = {"lift": LiftExpert, "pickplacecan": PickPlaceCanExpert}[_canonical_task(task)]
+    """Expert for a task name accepted by RobosuiteEnv (Lift and Can only)."""
+    canonical = _canonical_task(task)
+    experts = {"lift": LiftExpert, "pickplacecan": PickPlaceCanExpert}
+    if canonical not in experts:
+        name = TASKS[canonical].name
+        keys = ",".join(ROBOMIMIC_STATE_KEYS[name])
+        raise ConfigError(
+            f"robosuite/{name} has no scripted expert (only robosuite/lift and robosuite/can do); train from "
+            f"robomimic demonstrations instead: `genpolicy data convert {name}.hdf5 data/{name}.zarr "
+            f"state_keys=[{keys}]`")
+    cls = experts[canonical]
     return cls(noise=noise, detour_prob=detour_prob, seed=seed)

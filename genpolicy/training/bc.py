@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from genpolicy.config import TrainConfig
 from genpolicy.datasets.replay_buffer import ReplayBuffer
 from genpolicy.datasets.sequence import SequenceSampler, split_episodes
-from genpolicy.envs.registry import make_env
+from genpolicy.envs.registry import task_spec
 from genpolicy.errors import CheckpointError, ConfigError, DataError
 from genpolicy.fsutil import replace_dir, temp_sibling
 from genpolicy.policies import GenerativePolicy, ShapeMeta, make_policy
@@ -59,9 +59,8 @@ def load_demos(cfg: TrainConfig) -> ReplayBuffer:
                         f"or point data.path at a zarr store")
     keys = None if cfg.task.images else ["action", "state"]
     rb = ReplayBuffer.load(path, keys=keys)
-    env = make_env(cfg.task.name, images=False)
-    spec = env.spec
-    env.close()
+    # The spec of the mode we train in: PushT's state is 5-d without images and 2-d (LeRobot layout) with them.
+    spec = task_spec(cfg.task.name, images=cfg.task.images)
     if rb.data["action"].shape[1] != spec.action_dim:
         raise DataError(f"{path}: 'data/action' has dimension {rb.data['action'].shape[1]} but task "
                         f"'{cfg.task.name}' expects {spec.action_dim}")
