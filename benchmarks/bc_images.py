@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finetune_onpolicy import append_row, versions  # noqa: E402
+from finetune_onpolicy import _dash, append_row  # noqa: E402
 
 from genpolicy.config import DataConfig, EvalConfig, OptimConfig, PolicyConfig, RunConfig, TaskConfig, TrainConfig  # noqa: E402
 from genpolicy.datasets.collect import generate  # noqa: E402
@@ -54,6 +55,15 @@ def run_one(task: str, kind: str, seed: int, args: argparse.Namespace, work: Pat
     policy = PolicyConfig(type="flow", sampler="euler", steps=10, n_obs_steps=2, horizon=16, n_action_steps=8,
                           state_indices=PROPRIO, image_size=args.image_size, crop_ratio=0.9)
     run_dir = work / f"{name}_{kind}_px{args.image_size}_s{args.steps}_seed{seed}"
+    continued_from = None
+    if args.continue_from and not run_dir.exists():
+        # start from a finished shorter run's checkpoint (its EMA, optimiser and step); the cosine schedule is
+        # re-stretched to the new total, so the learning rate rises again from where the new schedule is
+        prev = work / f"{name}_{kind}_px{args.image_size}_s{args.continue_from}_seed{seed}"
+        if not (prev / "checkpoints").exists():
+            raise SystemExit(f"--continue-from {args.continue_from}: no run at {prev}")
+        shutil.copytree(prev, run_dir, ignore=shutil.ignore_patterns("eval", "tb"))
+        continued_from = args.continue_from
     cfg = TrainConfig(task=TaskConfig(name=task, images=images), policy=policy,
                       data=DataConfig(path=str(data), seed=seed),
                       train=OptimConfig(steps=args.steps, batch_size=args.batch if images else 256),
@@ -66,11 +76,18 @@ def run_one(task: str, kind: str, seed: int, args: argparse.Namespace, work: Pat
     ev = res["eval"]
     train_min = (time.time() - t0 - ev["eval_seconds"]) / 60
     n_frames = ReplayBuffer.load(data, keys=["action", "state"]).n_steps
+    logs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rates = [m["steps_per_s"] for m in logs if "steps_per_s" in m]
+    if continued_from is not None:  # add the shorter run's training time
+        prev_rows = json.loads(Path(args.out + ".json").read_text())["rows"]
+        train_min += next(r["train_minutes"] for r in prev_rows if (r["task"], r["policy"], r["seed"], r["train_steps"])
+                          == (task, kind, seed, continued_from))
     return {"task": task, "policy": kind, "seed": seed, "success_rate": ev["success_rate"],
-            "n_episodes": ev["n_episodes"], "train_minutes": round(train_min, 2), "train_steps": args.steps,
+            "n_episodes": ev["n_episodes"], "train_minutes": round(train_min, 2),
+            "median_steps_per_s": round(float(sorted(rates)[len(rates) // 2]), 2) if rates else None, "train_steps": args.steps,
             "batch_size": cfg.train.batch_size, "image_size": args.image_size, "n_demos": args.demos, "demo_frames": n_frames,
             "render_seconds": round(t_data, 1) if t_data else None, "eval_seconds": ev["eval_seconds"],
-            "sampler": f"{ev['sampler']}-{ev['steps']}", "run_dir": str(run_dir),
+            "sampler": f"{ev['sampler']}-{ev['steps']}", "run_dir": str(run_dir), "continued_from": continued_from,
             "success_definition": ev["success_definition"]}
 
 
@@ -89,11 +106,14 @@ def write_report(data: dict, out: Path) -> None:
              f"Camera policies: batch {s.get('batch')}; `proprio_only` baseline: the same data and proprioception, "
              "no camera, batch 256. Success = Meta-World's `info['success']` at any step, final EMA weights, "
              "evaluation layouts sampled fresh (disjoint from the demos).", "",
-             "| task | policy | px | seed | success | episodes | train steps | train min | eval s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "Train minutes are wall-clock on this 2-core machine while other jobs shared it (the first drawer-open run "
+             "was also paused for ~12 min); `steps/s` is the median logged training rate.", "",
+             "| task | policy | px | seed | success | episodes | train steps | train min | steps/s | eval s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["task"], r["policy"], r["seed"])):
         lines.append(f"| {r['task']} | {r['policy']} | {r.get('image_size', 84)} | {r['seed']} | {r['success_rate']:.2f} | {r['n_episodes']} | "
-                     f"{r['train_steps']} | {r['train_minutes']:.1f} | {r['eval_seconds']:.0f} |")
+                     f"{r['train_steps']}{' (from ' + str(r['continued_from']) + ')' if r.get('continued_from') else ''} | "
+                     f"{r['train_minutes']:.1f} | {_dash(r.get('median_steps_per_s'))} | {r['eval_seconds']:.0f} |")
     lines += ["", "Rollout videos: `<run_dir>/eval/*.mp4` of each row's run (runs/ is not committed)."]
     out.write_text("\n".join(lines) + "\n")
 
@@ -109,6 +129,8 @@ def main() -> int:
     ap.add_argument("--image-size", type=int, default=64, help="rendered frames, square pixels (crops are 90%%)")
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--continue-from", type=int, default=0,
+                    help="train on from the finished run with this many steps (same task, kind, size, seed)")
     ap.add_argument("--work", default="runs/bench_images")
     ap.add_argument("--out", default=str(OUT / "bc_images"))
     ap.add_argument("--report", action="store_true", help="only rewrite the markdown from the JSON")
