@@ -48,7 +48,7 @@ def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Pat
             "wallclock_s": res["wallclock_s"], "env_steps_to_90": res["env_steps_to_90"],
             "wallclock_s_to_90": res["wallclock_s_to_90"], "updates": res["updates"], "curve": res["curve"],
             "eval_episodes": cfg.eval.n_episodes, "utd": cfg.offpolicy.utd, "critic_width": cfg.offpolicy.critic_width,
-            "bc_recipe": _args_recipe(args)}
+            "bc_recipe": _args_recipe(args), "overrides": list(args.overrides)}
 
 
 def main() -> None:

@@ -378,10 +378,16 @@ class EXPOConfig:
     depth: int = 2
     base_lr: float = 1e-4  # BC on the mixed replay
     target_entropy: float = -0.5  # per chunk dimension (EXPO: -d/2)
+    # the base policy's sampler for every candidate chunk (acting and backups), saved with the tuned policy; empty/0
+    # keeps the checkpoint's. Each update decodes B x N chunks twice, so `sampler=shortcut steps=1` (flow policies
+    # trained with the shortcut head) cuts that cost by the step count.
+    sampler: str = ""
+    steps: int = 0
 
     def __post_init__(self) -> None:
         _check(self.beta > 0 and 1 <= self.n_edit <= self.n_base and 1 <= self.n_min_q <= self.n_q,
                "expo needs beta > 0, 1 <= n_edit <= n_base, 1 <= n_min_q <= n_q")
+        _check(self.steps >= 0, f"expo.steps must be >= 0, got {self.steps}")
 
 
 ROLLOUT_BACKENDS = ("local", "ray")

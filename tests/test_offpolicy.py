@@ -127,3 +127,17 @@ def test_dsrl_checkpoint_refuses_another_sampler(toy_bc_ckpts, tmp_path) -> None
     algo = make_offpolicy_algo("dsrl", load_policy(toy_bc_ckpts["flow"]), cfg, torch.device("cpu"))
     with pytest.raises(ConfigError, match="steered by DSRL"):
         algo.policy.set_sampler(steps=3)
+
+
+def test_expo_candidate_sampler_is_the_tuned_policys(toy_bc_ckpts, tmp_path) -> None:
+    """expo.sampler/steps set the sampler of every candidate chunk and are saved with the policy (eval matches)."""
+    from genpolicy.errors import ConfigError
+
+    bc = load_policy(toy_bc_ckpts["flow"])
+    cfg = _cfg("expo", toy_bc_ckpts["flow"], tmp_path, "expo.steps=2")
+    algo = make_offpolicy_algo("expo", bc, cfg, torch.device("cpu"))
+    assert algo.policy.cfg.steps == 2 != bc.cfg.steps and algo.policy.cfg.sampler == bc.cfg.sampler
+    assert algo.policy.grid.n_steps == 2  # the grid every candidate is decoded on
+    with pytest.raises(ConfigError, match="shortcut=true"):  # this checkpoint was trained without the shortcut head
+        make_offpolicy_algo("expo", bc, _cfg("expo", toy_bc_ckpts["flow"], tmp_path, "expo.sampler=shortcut",
+                                             "expo.steps=1"), torch.device("cpu"))

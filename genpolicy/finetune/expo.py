@@ -28,6 +28,7 @@ class EXPO:
         c, oc = cfg.expo, cfg.offpolicy
         changes = {"steer": "expo", "steer_scale": c.beta, "steer_width": c.width, "steer_depth": c.depth,
                    "expo_n_base": c.n_base, "expo_n_edit": c.n_edit, "expo_n_q": c.n_q, "expo_min_q": c.n_min_q}
+        changes.update({k: v for k, v in (("sampler", c.sampler), ("steps", c.steps)) if v})  # PolicyConfig validates
         self.policy = policy_for_finetuning(bc, "expo", bc.cfg.type, device, **changes)
         self.cfg, self.oc, self.device = c, oc, device
         self.d = self.policy.cfg.horizon * self.policy.shape.action_dim
