@@ -48,7 +48,7 @@ def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Pat
             "wallclock_s": res["wallclock_s"], "env_steps_to_90": res["env_steps_to_90"],
             "wallclock_s_to_90": res["wallclock_s_to_90"], "updates": res["updates"], "curve": res["curve"],
             "eval_episodes": cfg.eval.n_episodes, "utd": cfg.offpolicy.utd, "critic_width": cfg.offpolicy.critic_width,
-            "bc_recipe": _args_recipe(args), "overrides": list(args.overrides)}
+            "bc_recipe": _args_recipe(args), "overrides": list(args.overrides), "env_steps_budget": args.env_steps}
 
 
 def main() -> None:
@@ -77,8 +77,9 @@ def main() -> None:
         for algo in args.algos:
             for seed in args.seeds:
                 data = json.loads(js.read_text()) if js.exists() else {"rows": []}
-                if any((r["task"], r["algo"], r["seed"], _recipe(r, data.get("meta", {}))) == (task, algo, seed, _args_recipe(args))
-                       for r in data["rows"]):
+                budget = data.get("meta", {}).get("setup", {}).get("env_steps")  # rows before the key was recorded
+                if any((r["task"], r["algo"], r["seed"], _recipe(r, data.get("meta", {})), r.get("env_steps_budget", budget))
+                       == (task, algo, seed, _args_recipe(args), args.env_steps) for r in data["rows"]):
                     continue
                 print(f"[bench] {task} {algo} seed {seed}", flush=True)
                 row = run_one(task, algo, seed, args, work)
@@ -110,13 +111,17 @@ def write_report(data: dict, out: Path) -> None:
              "(success of the BC checkpoint on 20 held-out episodes in `start`). Reward: 1 for the chunk in which "
              "Meta-World reports success (episodes end there) plus `offpolicy.reward_offset` (-1 per chunk in the "
              "preset). Env steps count every executed step (chunk size included). Settings: `preset=metaworld` "
-             "(offpolicy / dsrl / expo sections: 4 envs, utd 1, critics 2x256, DSRL-SAC, action magnitude 1.5). "
+             "(offpolicy / dsrl / expo sections: 4 envs, utd 1, critics 2x256, DSRL-SAC, action magnitude 1.5; EXPO: 4 "
+             "critic heads, 4 base + 4 edited candidates, decoded with the flow's one-step shortcut sampler, "
+             "`expo.sampler=shortcut expo.steps=1`, about 10x cheaper per update than Euler-10). `budget` is the "
+             "run's env-step budget; a row's overrides are in the JSON. "
              "Success: 20 held-out episodes of the steered policy, deterministic noise actor.", "",
-             "| task | algo | seed | weak BC recipe | start | final | env steps | to 90% (env steps) | to 90% (s) | updates | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| task | algo | seed | weak BC recipe | budget | start | final | env steps | to 90% (env steps) | to 90% (s) | updates | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["task"], r["algo"], r["seed"])):
         recipe = _recipe(r, meta)
-        lines.append(f"| {r['task']} | {r['algo']} | {r['seed']} | {recipe} | {r['start_success']:.2f} | {r['final_success']:.2f} | "
+        budget = r.get("env_steps_budget", meta.get("setup", {}).get("env_steps"))
+        lines.append(f"| {r['task']} | {r['algo']} | {r['seed']} | {recipe} | {_dash(budget)} | {r['start_success']:.2f} | {r['final_success']:.2f} | "
                      f"{r['env_steps']} | {_dash(r['env_steps_to_90'])} | {_dash(r['wallclock_s_to_90'])} | "
                      f"{r['updates']} | {r['wallclock_s']:.0f} |")
     lines += ["", "Caveat for the 10-demo recipe: that BC checkpoint (drawer-open 0.60 from random noise) scores 1.00 when "
