@@ -24,11 +24,11 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 from typing import Any, Literal  # noqa: E402
 
-import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 from dm_control import suite  # noqa: E402
 
 from genpolicy.envs.base import EnvSpec  # noqa: E402
+from genpolicy.envs.mjrender import RendererCache  # noqa: E402
 from genpolicy.errors import ConfigError  # noqa: E402
 
 # The tasks `genpolicy envs list` shows (the usual DMC benchmark set); any (domain, task) in suite.ALL_TASKS works.
@@ -69,7 +69,6 @@ class DMCEnv:
             raise ConfigError(f"dmc render_quality must be 'fast' or 'full', got {render_quality!r}")
         domain, name = parse_task(task)
         self.render_quality = render_quality
-        self._renderers: dict[int, mujoco.Renderer] = {}
         self.task = task
         self.images = images
         self.image_size, self.render_size = int(image_size), int(render_size)
@@ -78,6 +77,9 @@ class DMCEnv:
         need = max(self.image_size, self.render_size)  # offscreen buffers must hold the largest frame
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, need)
         model.vis.global_.offheight = max(model.vis.global_.offheight, need)
+        if render_quality == "fast":
+            model.vis.quality.offsamples = 0  # read when a Renderer is created, so set it first
+        self._renderers = RendererCache(model.ptr)  # "fast" frames only; "full" uses physics.render
         self.camera_id = CAMERA_ID.get(domain, 0)
         self.camera = model.id2name(self.camera_id, "camera") or f"cam{self.camera_id}"
         layout, start = [], 0
@@ -128,10 +130,7 @@ class DMCEnv:
         return self._render(self.render_size)
 
     def close(self) -> None:
-        # Free GL contexts explicitly: mujoco.Renderer.__del__ at interpreter exit raises EGL errors.
-        for r in self._renderers.values():
-            r.close()
-        self._renderers.clear()
+        self._renderers.close()
         self._env.close()
 
     def _obs(self, observation: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -148,12 +147,4 @@ class DMCEnv:
         physics = self._env.physics
         if self.render_quality == "full":
             return np.ascontiguousarray(physics.render(height=size, width=size, camera_id=self.camera_id))
-        renderer = self._renderers.get(size)
-        if renderer is None:
-            physics.model.vis.quality.offsamples = 0  # read when a Renderer is created
-            renderer = mujoco.Renderer(physics.model.ptr, height=size, width=size)
-            renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
-            renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
-            self._renderers[size] = renderer
-        renderer.update_scene(physics.data.ptr, camera=self.camera_id)
-        return np.ascontiguousarray(renderer.render())
+        return self._renderers.render(physics.data.ptr, self.camera_id, size)

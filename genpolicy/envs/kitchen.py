@@ -36,6 +36,7 @@ from gymnasium_robotics.envs.franka_kitchen.franka_env import DEFAULT_CAMERA_CON
 from gymnasium_robotics.envs.franka_kitchen.kitchen_env import BONUS_THRESH, KitchenEnv as _GymKitchen  # noqa: E402
 
 from genpolicy.envs.base import EnvSpec  # noqa: E402
+from genpolicy.envs.mjrender import RendererCache  # noqa: E402
 from genpolicy.errors import ConfigError  # noqa: E402
 
 SUBTASKS = ("microwave", "kettle", "light switch", "slide cabinet")
@@ -91,7 +92,7 @@ class KitchenEnv:
         model.vis.global_.offheight = max(model.vis.global_.offheight, need)
         # No 4x MSAA: read when a Renderer is created; on software GL it triples the frame rate (12 -> 39 fps at 84 px).
         model.vis.quality.offsamples = 0
-        self._renderers: dict[int, mujoco.Renderer] = {}
+        self._renderers = RendererCache(self._env.model)
         self._camera = mujoco.MjvCamera()
         self._camera.distance = DEFAULT_CAMERA_CONFIG["distance"]
         self._camera.azimuth = DEFAULT_CAMERA_CONFIG["azimuth"]
@@ -132,10 +133,7 @@ class KitchenEnv:
         return self._render(self.render_size)
 
     def close(self) -> None:
-        # Free GL contexts explicitly: mujoco.Renderer.__del__ at interpreter exit raises EGL errors.
-        for r in self._renderers.values():
-            r.close()
-        self._renderers.clear()
+        self._renderers.close()
         self._env.close()
 
     @property
@@ -150,12 +148,4 @@ class KitchenEnv:
         return obs
 
     def _render(self, size: int) -> np.ndarray:
-        renderer = self._renderers.get(size)
-        if renderer is None:
-            renderer = mujoco.Renderer(self._env.model, height=size, width=size)
-            # Shadows and reflections cost most of the software-GL frame time and add little here.
-            renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
-            renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
-            self._renderers[size] = renderer
-        renderer.update_scene(self._env.data, camera=self._camera)
-        return np.ascontiguousarray(renderer.render())
+        return self._renderers.render(self._env.data, self._camera, size)

@@ -40,6 +40,7 @@ from metaworld.env_dict import ALL_V3_ENVIRONMENTS  # noqa: E402
 from metaworld.policies import ENV_POLICY_MAP  # noqa: E402
 
 from genpolicy.envs.base import EnvSpec  # noqa: E402
+from genpolicy.envs.mjrender import RendererCache  # noqa: E402
 from genpolicy.errors import ConfigError  # noqa: E402
 
 # The scripted policies' `move()` warns on almost every step that its gain saturates the [-1, 1] action
@@ -163,7 +164,7 @@ class MetaWorldEnv:
             model.vis.quality.offsamples = 0  # read when a Renderer is created, so set it first
         elif render_quality != "full":
             raise ConfigError(f"render_quality must be 'fast' or 'full', got {render_quality!r}")
-        self._renderers: dict[int, mujoco.Renderer] = {}
+        self._renderers = RendererCache(model, fast=render_quality == "fast")
 
         self._rng = np.random.default_rng(seed)
         self._raw_obs: np.ndarray = np.zeros(STATE_DIM)
@@ -222,9 +223,7 @@ class MetaWorldEnv:
 
     def close(self) -> None:
         # Free GL contexts explicitly: letting mujoco.Renderer.__del__ run at interpreter exit raises EGL errors.
-        for r in self._renderers.values():
-            r.close()
-        self._renderers.clear()
+        self._renderers.close()
         self._env.close()
 
     # ------------------------------------------------------------------ extras
@@ -251,16 +250,7 @@ class MetaWorldEnv:
         return obs
 
     def _render_camera(self, camera: str, size: int) -> np.ndarray:
-        renderer = self._renderers.get(size)
-        if renderer is None:
-            renderer = mujoco.Renderer(self._env.model, height=size, width=size)
-            if self.render_quality == "fast":
-                # Scene flags persist across update_scene calls, so setting them once is enough.
-                renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
-                renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
-            self._renderers[size] = renderer
-        renderer.update_scene(self._env.data, camera=camera)
-        img = renderer.render()
+        img = self._renderers.render(self._env.data, camera, size)
         if self._is_upside_down(camera):
             # Rotate by 180 degrees (not a vertical flip, which would mirror the scene): equivalent to
             # rolling the camera so that its image "up" points to world +z.
