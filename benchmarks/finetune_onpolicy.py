@@ -80,7 +80,8 @@ def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Pat
             "start_success": res["start_success"], "final_success": res["final_success"],
             "start_return": res["start_return"], "final_return": res["final_return"], "env_steps": res["env_steps"],
             "wallclock_s": res["wallclock_s"], "env_steps_to_90": res["env_steps_to_90"],
-            "wallclock_s_to_90": res["wallclock_s_to_90"], "curve": res["curve"],
+            "wallclock_s_to_90": res["wallclock_s_to_90"], "curve": res["curve"], "stopped_early": res["stopped_early"],
+            "overrides": list(args.overrides),
             "eval_episodes": cfg.eval.n_episodes}
 
 
@@ -155,7 +156,7 @@ def write_report(data: dict, out: Path) -> None:
              "{bc_steps} BC steps; diffusion for DPPO, flow for FPO and ReinFlow; `BC success` on 50 episodes). Reward: 1 "
              "for the chunk in which Meta-World reports success (episodes end there), `preset=metaworld` (+ FPO clip "
              "0.05, DPPO minibatch 1500). Success: 20 held-out episodes of the policy being fine-tuned, sampled as it is "
-             "saved (seeded random initial noise).".format(**{"demos": "?", "demo_noise": "?", "detour": "?", "bc_steps": "?"}
+             "saved (seeded random initial noise). Extra overrides: {overrides}.".format(**{"demos": "?", "demo_noise": "?", "detour": "?", "bc_steps": "?", "overrides": "none"}
                                                           | meta.get("setup", {})), "",
              "| task | algo | seed | BC success | start | final | env steps | to 90% (env steps) | to 90% (s) | wall s |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -253,8 +253,12 @@ class PPOConfig:
     reward_offset: float = 0.0  # added to every chunk reward before scaling
     critic_width: int = 256
     critic_depth: int = 3
+    stop_success: float = 0.0  # stop early once `stop_patience` evaluations in a row reach this success; 0 never stops
+    stop_patience: int = 2
 
     def __post_init__(self) -> None:
+        _check(0 <= self.stop_success <= 1 and self.stop_patience >= 1,
+               f"ppo.stop_success must be in [0, 1] and ppo.stop_patience >= 1, got {self.stop_success}, {self.stop_patience}")
         for k in ("n_envs", "n_steps", "iterations", "epochs", "minibatch_size"):
             _check(getattr(self, k) >= 1, f"ppo.{k} must be >= 1, got {getattr(self, k)}")
         _check(0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1, "ppo.gamma must be in (0, 1] and ppo.gae_lambda in [0, 1]")

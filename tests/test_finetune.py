@@ -186,3 +186,22 @@ def test_finetune_resumes_from_its_last_checkpoint(bc_ckpts, tmp_path) -> None:
     res = finetune(cfg)
     its = [json.loads(x).get("step") for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert its.count(3) == 1 and res["curve"][-1]["iteration"] == 3
+
+
+def test_stop_rule_needs_the_target_held_for_patience_evaluations() -> None:
+    from genpolicy.finetune.ppo import reached_stop
+
+    evals = [{"success_rate": s} for s in (0.5, 0.95, 0.85, 0.9)]
+    assert not reached_stop(evals, 0.9, 2)  # 0.95 then 0.85: the target did not hold
+    assert reached_stop(evals + [{"success_rate": 1.0}], 0.9, 2)
+    assert reached_stop(evals[:2], 0.9, 1) and not reached_stop(evals[:1], 0.9, 1)
+    assert not reached_stop([{"success_rate": 1.0}] * 3, 0.0, 1)  # 0 disables
+
+
+def test_finetune_stops_early_once_the_target_holds(bc_ckpts, tmp_path) -> None:
+    cfg = _ft_cfg("fpo", bc_ckpts["flow"], tmp_path / "run", iterations=6, stop_success=0.01, stop_patience=1)
+    cfg.eval.every = 2
+    res = finetune(cfg)
+    # the first evaluation after fine-tuning starts (iteration 2) reaches 1% success, so the run ends there
+    assert res["stopped_early"] and res["curve"][-1]["iteration"] == 2, res["curve"]
+    assert res["final_checkpoint"] and Path(res["final_checkpoint"]).name.endswith("2")

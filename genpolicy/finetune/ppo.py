@@ -210,6 +210,11 @@ def steps_to(curve: list[dict[str, Any]], threshold: float = 0.9) -> dict[str, O
     return {"env_steps": None, "wallclock_s": None}
 
 
+def reached_stop(evals: list[dict[str, Any]], target: float, patience: int) -> bool:
+    """True when the last `patience` fine-tuning evaluations all reached `target` success (target 0: never)."""
+    return target > 0 and len(evals) >= patience and all(p["success_rate"] >= target for p in evals[-patience:])
+
+
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune a BC checkpoint; returns a summary (also written to summary.json). Off-policy algorithms (dsrl, expo)
     run `offpolicy.finetune_offpolicy`, which returns the same summary keys."""
@@ -295,6 +300,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                 curve.append({"iteration": it + 1, "env_steps": env_steps, "wallclock_s": round(time.time() - t_start, 2),
                               "success_rate": ev["success_rate"], "mean_return": ev["mean_return"]})
                 metrics.update({"eval/success_rate": ev["success_rate"], "eval/mean_return": ev["mean_return"]})
+                if reached_stop(curve[1:], pc.stop_success, pc.stop_patience):
+                    last = True  # the target held for `stop_patience` evaluations in a row: no need to spend more
             if (it + 1) % cfg.run.log_every == 0 or last:
                 logger.log(it + 1, metrics)
             bar.update(1)
@@ -307,6 +314,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                 logger.close()
                 venv.close()
                 raise KeyboardInterrupt
+            if last:
+                break
     bar.close()
     logger.close()
     venv.close()
@@ -315,6 +324,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                     "final_return": final["mean_return"], "env_steps": env_steps,
                     "wallclock_s": round(time.time() - t_start, 2), "curve": curve,
                     "env_steps_to_90": steps_to(curve)["env_steps"], "wallclock_s_to_90": steps_to(curve)["wallclock_s"],
+                    "stopped_early": len(curve) > 1 and curve[-1]["iteration"] < pc.iterations,
                     "run_dir": str(run_dir), "final_checkpoint": str(last_path) if last_path else None})
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
