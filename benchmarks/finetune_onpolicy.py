@@ -40,8 +40,17 @@ TASKS = ["metaworld/drawer-open-v3", "metaworld/button-press-topdown-v3", "metaw
 FAMILY = {"dppo": "diffusion", "fpo": "flow", "reinflow": "flow"}
 
 
+def is_locomotion(task: str) -> bool:
+    return task.startswith("gym/")
+
+
 def weak_bc(task: str, family: str, args: argparse.Namespace, work: Path) -> dict:
-    """Train (once) the weak BC checkpoint of a task and family; returns {ckpt, success, minutes}."""
+    """Train (once) the weak BC checkpoint of a task and family; returns {ckpt, success, minutes}.
+
+    Meta-World: a few noisy scripted demonstrations. Locomotion: episodes of the SAC "medium" expert
+    (`genpolicy data expert`, data/experts/<task>), chunks of 4 from one observation as DPPO does on Gym."""
+    if is_locomotion(task):
+        return locomotion_bc(task, family, args, work)
     recipe = f"d{args.demos}_n{args.demo_noise}_t{args.detour}"
     tag = f"{task.replace('/', '_')}_{family}_{recipe}_s{args.bc_steps}"  # the cache key is the whole recipe
     info_path = work / f"{tag}.json"
@@ -67,14 +76,51 @@ def weak_bc(task: str, family: str, args: argparse.Namespace, work: Path) -> dic
     return info
 
 
+def locomotion_bc(task: str, family: str, args: argparse.Namespace, work: Path) -> dict:
+    from genpolicy.experts.sac import default_expert_path
+
+    expert = default_expert_path(task)
+    if not (expert / "expert.json").exists():
+        sys.exit(f"{task}: no SAC expert at {expert}; train it first: "
+                 f"genpolicy data expert task={task} expert.stop_return=<medium return>")
+    recipe = f"sac{json.loads((expert / 'expert.json').read_text()).get('return', 0):.0f}_e{args.loco_demos}_n{args.loco_noise}"
+    tag = f"{task.replace('/', '_')}_{family}_{recipe}_s{args.loco_bc_steps}"
+    info_path = work / f"{tag}.json"
+    if info_path.exists():
+        return json.loads(info_path.read_text())
+    data = work / f"{task.replace('/', '_')}_{recipe}.zarr"
+    with open(work / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not data.exists():
+            generate(task, args.loco_demos, seed=777, noise=args.loco_noise, progress=False).save(data)
+    run_dir = work / tag
+    shutil.rmtree(run_dir, ignore_errors=True)
+    pol = PolicyConfig(type=family, sampler="ddim" if family == "diffusion" else "euler", steps=10, n_obs_steps=1,
+                       horizon=4, n_action_steps=4)
+    cfg = TrainConfig(task=TaskConfig(name=task), policy=pol, data=DataConfig(path=str(data), seed=0),
+                      train=OptimConfig(steps=args.loco_bc_steps, batch_size=256),
+                      eval=EvalConfig(n_episodes=10, n_envs=10, n_videos=0), run=RunConfig(dir=str(run_dir), progress=False,
+                                                                                          log_every=500, ckpt_every=10**9))
+    t0 = time.time()
+    res = train(cfg)
+    info = {"ckpt": res["final_checkpoint"], "success": res["eval"]["success_rate"], "return": res["eval"]["mean_return"],
+            "recipe": f"{recipe}_s{args.loco_bc_steps}", "minutes": round((time.time() - t0) / 60, 2)}
+    info_path.write_text(json.dumps(info))
+    return info
+
+
 def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Path) -> dict:
     bc = weak_bc(task, FAMILY[algo], args, work)
     run_dir = work / f"{task.replace('/', '_')}_{algo}_seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a row missing from the JSON: its run was interrupted
-    per_algo = {"fpo": ["ppo.clip_eps=0.05"], "dppo": ["ppo.minibatch_size=1500"]}.get(algo, [])
-    cfg = compose("finetune", [f"algo={algo}", f"ckpt={bc['ckpt']}", f"task={task}", "preset=metaworld", *per_algo,
+    if is_locomotion(task):
+        preset, per_algo = "locomotion", []
+    else:
+        preset, per_algo = "metaworld", {"fpo": ["ppo.clip_eps=0.05"], "dppo": ["ppo.minibatch_size=1500"]}.get(algo, [])
+    cfg = compose("finetune", [f"algo={algo}", f"ckpt={bc['ckpt']}", f"task={task}", f"preset={preset}", *per_algo,
                                f"run.dir={run_dir}", f"run.seed={seed}", "run.progress=false",
-                               f"ppo.iterations={args.iterations}", *args.overrides], FinetuneConfig)
+                               *([f"ppo.iterations={args.iterations}"] if args.iterations else []), *args.overrides],
+                  FinetuneConfig)
     res = finetune(cfg)
     return {"algo": algo, "task": task, "seed": seed, "bc_success_50ep": bc["success"],
             "start_success": res["start_success"], "final_success": res["final_success"],
@@ -90,11 +136,14 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=TASKS)
     ap.add_argument("--algos", nargs="+", default=list(FAMILY))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--iterations", type=int, default=60)
+    ap.add_argument("--iterations", type=int, default=0, help="0: the preset's")
     ap.add_argument("--demos", type=int, default=10)
     ap.add_argument("--demo-noise", type=float, default=1.0)
     ap.add_argument("--detour", type=float, default=0.3)
     ap.add_argument("--bc-steps", type=int, default=120)
+    ap.add_argument("--loco-demos", type=int, default=20, help="locomotion: expert episodes")
+    ap.add_argument("--loco-noise", type=float, default=0.1, help="locomotion: expert action-noise std")
+    ap.add_argument("--loco-bc-steps", type=int, default=3000)
     ap.add_argument("--work", default="runs/bench_ft")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default=str(OUT), help="results directory")
@@ -160,10 +209,31 @@ def write_report(data: dict, out: Path) -> None:
                                                           | meta.get("setup", {})), "",
              "| task | algo | seed | BC success | start | final | env steps | to 90% (env steps) | to 90% (s) | wall s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["task"], r["algo"], r["seed"])):
+    mw = [r for r in rows if not is_locomotion(r["task"])]
+    for r in sorted(mw, key=lambda r: (r["task"], r["algo"], r["seed"])):
         lines.append(f"| {r['task']} | {r['algo']} | {r['seed']} | {r['bc_success_50ep']:.2f} | {r['start_success']:.2f} | "
                      f"{r['final_success']:.2f} | {r['env_steps']} | {_dash(r['env_steps_to_90'])} | "
                      f"{_dash(r['wallclock_s_to_90'])} | {r['wallclock_s']:.0f} |")
+    loco = [r for r in rows if is_locomotion(r["task"])]
+    if loco:
+        lines += ["", "## Locomotion (return; `preset=locomotion`)", "",
+                  "Start: BC on episodes of the toolkit's SAC \"medium\" expert (`genpolicy data expert`; recipe in the "
+                  "JSON). Return: mean undiscounted return over the evaluation episodes; gain = final / start - 1. "
+                  "s/iteration: wall-clock per fine-tuning iteration (rollout + update; evaluations included).", "",
+                  "| task | algo | seed | start return | final return | gain | best return | env steps | s/iteration | wall s |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(loco, key=lambda r: (r["task"], r["algo"], r["seed"])):
+            best = max(p["mean_return"] for p in r["curve"])
+            lines.append(f"| {r['task']} | {r['algo']} | {r['seed']} | {r['start_return']:.0f} | {r['final_return']:.0f} | "
+                         f"{r['final_return'] / r['start_return'] - 1:+.0%} | {best:.0f} | {r['env_steps']} | "
+                         f"{r['wallclock_s'] / max(1, r['curve'][-1]['iteration']):.1f} | {r['wallclock_s']:.0f} |")
+        for task in sorted({r["task"] for r in loco}):
+            per = {a: [r["wallclock_s"] / max(1, r["curve"][-1]["iteration"]) for r in loco
+                       if r["task"] == task and r["algo"] == a] for a in ("reinflow", "dppo")}
+            if per["reinflow"] and per["dppo"]:
+                ratio = (sum(per["reinflow"]) / len(per["reinflow"])) / (sum(per["dppo"]) / len(per["dppo"]))
+                lines.append(f"\n{task}: ReinFlow's wall-clock per iteration is {ratio:.2f}x DPPO's in the same run "
+                             f"({1 - ratio:.0%} less; the ReinFlow paper reports 82.6% less on Gym).")
     lines += ["", "![success vs env steps](finetune_onpolicy.png)", ""]
     (out / "finetune_onpolicy.md").write_text("\n".join(lines))
     try:
@@ -179,14 +249,18 @@ def write_report(data: dict, out: Path) -> None:
         for algo in FAMILY:
             rs = [r for r in rows if r["task"] == task and r["algo"] == algo]
             for r in rs:
+                key = "mean_return" if is_locomotion(task) else "success_rate"
                 xs = [p["env_steps"] for p in r["curve"]]
-                ys = [p["success_rate"] for p in r["curve"]]
+                ys = [p[key] for p in r["curve"]]
                 ax.plot(xs, ys, alpha=0.8, label=f"{algo} s{r['seed']}")
-        ax.axhline(0.9, color="gray", ls="--", lw=0.8)
         ax.set_title(task.split("/")[-1])
         ax.set_xlabel("env steps")
-        ax.set_ylabel("success")
-        ax.set_ylim(-0.02, 1.02)
+        if is_locomotion(task):
+            ax.set_ylabel("return")
+        else:
+            ax.axhline(0.9, color="gray", ls="--", lw=0.8)
+            ax.set_ylabel("success")
+            ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "finetune_onpolicy.png", dpi=110)
