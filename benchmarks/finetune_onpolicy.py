@@ -205,7 +205,7 @@ def write_report(data: dict, out: Path) -> None:
              "", "Start: weak BC checkpoints ({demos} noisy scripted demonstrations, noise {demo_noise}, detour {detour}, "
              "{bc_steps} BC steps; diffusion for DPPO, flow for FPO and ReinFlow; `BC success` on 50 episodes). Reward: 1 "
              "for the chunk in which Meta-World reports success (episodes end there), `preset=metaworld` (+ FPO clip "
-             "0.05, DPPO minibatch 1500). Success: 20 held-out episodes of the policy being fine-tuned, sampled as it is "
+             "0.05, ReinFlow clip 0.05 and actor lr 1e-4, DPPO minibatch 1500). Success: 20 held-out episodes of the policy being fine-tuned, sampled as it is "
              "saved (seeded random initial noise). Extra overrides: {overrides}.".format(**{"demos": "?", "demo_noise": "?", "detour": "?", "bc_steps": "?", "overrides": "none"}
                                                           | meta.get("setup", {})), "",
              "| task | algo | seed | BC success | start | final | env steps | to 90% (env steps) | to 90% (s) | wall s |",
