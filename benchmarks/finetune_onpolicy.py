@@ -52,7 +52,8 @@ def weak_bc(task: str, family: str, args: argparse.Namespace, work: Path) -> dic
     if is_locomotion(task):
         return locomotion_bc(task, family, args, work)
     recipe = f"d{args.demos}_n{args.demo_noise}_t{args.detour}"
-    tag = f"{task.replace('/', '_')}_{family}_{recipe}_s{args.bc_steps}"  # the cache key is the whole recipe
+    bc_steps = args.bc_steps_diffusion if family == "diffusion" and args.bc_steps_diffusion else args.bc_steps
+    tag = f"{task.replace('/', '_')}_{family}_{recipe}_s{bc_steps}"  # the cache key is the whole recipe
     info_path = work / f"{tag}.json"
     if info_path.exists():
         return json.loads(info_path.read_text())
@@ -65,12 +66,12 @@ def weak_bc(task: str, family: str, args: argparse.Namespace, work: Path) -> dic
     shutil.rmtree(run_dir, ignore_errors=True)
     pol = PolicyConfig(type=family, sampler="ddim" if family == "diffusion" else "euler", steps=10)
     cfg = TrainConfig(task=TaskConfig(name=task), policy=pol, data=DataConfig(path=str(data), seed=0),
-                      train=OptimConfig(steps=args.bc_steps, batch_size=256),
+                      train=OptimConfig(steps=bc_steps, batch_size=256),
                       eval=EvalConfig(n_episodes=50, n_envs=10, n_videos=0), run=RunConfig(dir=str(run_dir), progress=False,
                                                                                           log_every=500, ckpt_every=10**9))
     t0 = time.time()
     res = train(cfg)
-    info = {"ckpt": res["final_checkpoint"], "success": res["eval"]["success_rate"], "recipe": f"{recipe}_s{args.bc_steps}",
+    info = {"ckpt": res["final_checkpoint"], "success": res["eval"]["success_rate"], "recipe": f"{recipe}_s{bc_steps}",
             "minutes": round((time.time() - t0) / 60, 2)}
     info_path.write_text(json.dumps(info))
     return info
@@ -123,7 +124,7 @@ def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Pat
                                *([f"ppo.iterations={args.iterations}"] if args.iterations else []), *args.overrides],
                   FinetuneConfig)
     res = finetune(cfg)
-    return {"algo": algo, "task": task, "seed": seed, "bc_success_50ep": bc["success"],
+    return {"algo": algo, "task": task, "seed": seed, "bc_success_50ep": bc["success"], "bc_recipe": bc.get("recipe"),
             "start_success": res["start_success"], "final_success": res["final_success"],
             "start_return": res["start_return"], "final_return": res["final_return"], "env_steps": res["env_steps"],
             "wallclock_s": res["wallclock_s"], "env_steps_to_90": res["env_steps_to_90"],
@@ -142,6 +143,9 @@ def main() -> None:
     ap.add_argument("--demo-noise", type=float, default=1.0)
     ap.add_argument("--detour", type=float, default=0.3)
     ap.add_argument("--bc-steps", type=int, default=120)
+    ap.add_argument("--bc-steps-diffusion", type=int, default=0,
+                    help="BC steps of the diffusion (DPPO) checkpoints; 0: --bc-steps. Diffusion BC learns faster, so "
+                         "the same steps can give a checkpoint above the weak range")
     ap.add_argument("--loco-demos", type=int, default=20, help="locomotion: expert episodes")
     ap.add_argument("--loco-noise", type=float, default=0.1, help="locomotion: expert action-noise std")
     ap.add_argument("--loco-bc-steps", type=int, default=3000)
@@ -203,16 +207,17 @@ def write_report(data: dict, out: Path) -> None:
              "Commands: " + "; ".join(f"`{c}`" for c in meta.get("commands", [])),
              f"Machine: {meta.get('machine', '-')}; versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()),
              "", "Start: weak BC checkpoints ({demos} noisy scripted demonstrations, noise {demo_noise}, detour {detour}, "
-             "{bc_steps} BC steps; diffusion for DPPO, flow for FPO and ReinFlow; `BC success` on 50 episodes). Reward: 1 "
+             "BC steps as in each row's recipe (`s<steps>`; chosen per family so that BC success is in 20-60%); diffusion for DPPO, flow for FPO and ReinFlow; `BC success` on 50 episodes). Reward: 1 "
              "for the chunk in which Meta-World reports success (episodes end there), `preset=metaworld` (+ FPO clip "
              "0.05, ReinFlow clip 0.05 and actor lr 1e-4, DPPO minibatch 1500). Success: 20 held-out episodes of the policy being fine-tuned, sampled as it is "
              "saved (seeded random initial noise). Extra overrides: {overrides}.".format(**{"demos": "?", "demo_noise": "?", "detour": "?", "bc_steps": "?", "overrides": "none"}
                                                           | meta.get("setup", {})), "",
-             "| task | algo | seed | BC success | start | final | env steps | to 90% (env steps) | to 90% (s) | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| task | algo | seed | BC recipe | BC success | start | final | env steps | to 90% (env steps) | to 90% (s) | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     mw = [r for r in rows if not is_locomotion(r["task"])]
     for r in sorted(mw, key=lambda r: (r["task"], r["algo"], r["seed"])):
-        lines.append(f"| {r['task']} | {r['algo']} | {r['seed']} | {r['bc_success_50ep']:.2f} | {r['start_success']:.2f} | "
+        lines.append(f"| {r['task']} | {r['algo']} | {r['seed']} | {r.get('bc_recipe', '-')} | {r['bc_success_50ep']:.2f} | "
+                     f"{r['start_success']:.2f} | "
                      f"{r['final_success']:.2f} | {r['env_steps']} | {_dash(r['env_steps_to_90'])} | "
                      f"{_dash(r['wallclock_s_to_90'])} | {r['wallclock_s']:.0f} |")
     loco = [r for r in rows if is_locomotion(r["task"])]

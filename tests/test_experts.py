@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from genpolicy.config import SACExpertConfig
@@ -51,12 +52,15 @@ def test_replay_ring_and_subsampled_min() -> None:
 def test_sac_expert_improves_on_hopper_and_generates_demos(tmp_path: Path) -> None:
     torch.manual_seed(0)
     random_ret = evaluate_actor(TanhGaussianActor(11, 3, 64), "gym/hopper-v5", 3, seed=1)  # untrained actor
-    cfg = SACExpertConfig(steps=3000, start_steps=1000, batch_size=64, width=64, eval_every=3000, eval_episodes=3)
+    cfg = SACExpertConfig(steps=3000, start_steps=1000, batch_size=64, width=64, eval_every=1500, eval_episodes=3)
     res = train_expert("gym/hopper-v5", tmp_path / "expert", cfg, progress=False)
     assert res["return"] > 1.5 * max(random_ret, 1.0), (res["return"], random_ret)
     meta = json.loads((tmp_path / "expert" / "expert.json").read_text())
     assert meta["return"] == res["return"] and (tmp_path / "expert" / "actor.safetensors").exists()
+    # the saved actor is the best evaluated one, and re-evaluating it on the same seeds gives its recorded return
+    assert len(meta["curve"]) == 2 and meta["return"] == max(c["return"] for c in meta["curve"])
     expert = SACExpert(tmp_path / "expert", noise=0.1)
+    assert evaluate_actor(expert.actor, "gym/hopper-v5", 3, seed=cfg.seed + 50_000) == pytest.approx(meta["return"])
     from genpolicy.datasets.collect import generate
 
     rb = generate("gym/hopper-v5", 2, seed=0, progress=False, expert_path=str(tmp_path / "expert"),

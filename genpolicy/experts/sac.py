@@ -46,7 +46,8 @@ def evaluate_actor(actor: TanhGaussianActor, task: str, episodes: int, seed: int
 
 
 def train_expert(task: str, out: str | Path, cfg: SACExpertConfig, progress: bool = True) -> dict[str, Any]:
-    """Train SAC on `task`; save the actor to `out`; return {'return', 'steps', 'curve'}."""
+    """Train SAC on `task`; save its best evaluated actor to `out`; return {'return' (that actor's evaluation
+    return), 'last_return', 'steps', 'curve'}."""
     from genpolicy.envs.registry import make_env
     from genpolicy.training.runs import progress_bar
 
@@ -106,8 +107,8 @@ def train_expert(task: str, out: str | Path, cfg: SACExpertConfig, progress: boo
             ret = evaluate_actor(actor, task, cfg.eval_episodes, seed=cfg.seed + 50_000)
             curve.append({"step": step, "return": ret, "minutes": round((time.time() - t0) / 60, 2)})
             bar.set_postfix(ret=f"{ret:.0f}")
-            if ret > best:
-                best = ret
+            if ret > best:  # the saved expert is the best evaluated actor, not whatever the last update left
+                best, best_state = ret, copy.deepcopy(actor.state_dict())
             if cfg.stop_return and ret >= cfg.stop_return:
                 bar.update(step - bar.n)
                 break
@@ -115,9 +116,15 @@ def train_expert(task: str, out: str | Path, cfg: SACExpertConfig, progress: boo
             bar.update(1000)
     bar.close()
     env.close()
-    final = curve[-1]["return"] if curve else evaluate_actor(actor, task, cfg.eval_episodes, seed=cfg.seed + 50_000)
-    save_expert(out, actor, task, {"return": final, "steps": step, "curve": curve, "config": asdict(cfg)})
-    return {"return": final, "steps": step, "curve": curve}
+    if curve:
+        actor.load_state_dict(best_state)
+        final = best
+    else:
+        final = evaluate_actor(actor, task, cfg.eval_episodes, seed=cfg.seed + 50_000)
+    last = curve[-1]["return"] if curve else final
+    save_expert(out, actor, task, {"return": final, "last_return": last, "steps": step, "curve": curve,
+                                   "config": asdict(cfg)})
+    return {"return": final, "last_return": last, "steps": step, "curve": curve}
 
 
 def save_expert(out: str | Path, actor: TanhGaussianActor, task: str, info: dict[str, Any]) -> Path:
