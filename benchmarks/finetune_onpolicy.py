@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -77,6 +78,14 @@ def weak_bc(task: str, family: str, args: argparse.Namespace, work: Path) -> dic
     return info
 
 
+def expected_recipe(task: str, family: str, args: argparse.Namespace) -> Optional[str]:
+    """The BC recipe a row of this task and family gets under `args` (None for locomotion: it names the expert)."""
+    if is_locomotion(task):
+        return None
+    steps = args.bc_steps_diffusion if family == "diffusion" and args.bc_steps_diffusion else args.bc_steps
+    return f"d{args.demos}_n{args.demo_noise}_t{args.detour}_s{steps}"
+
+
 def locomotion_bc(task: str, family: str, args: argparse.Namespace, work: Path) -> dict:
     from genpolicy.experts.sac import default_expert_path
 
@@ -112,7 +121,7 @@ def locomotion_bc(task: str, family: str, args: argparse.Namespace, work: Path) 
 
 def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Path) -> dict:
     bc = weak_bc(task, FAMILY[algo], args, work)
-    run_dir = work / f"{task.replace('/', '_')}_{algo}_seed{seed}"
+    run_dir = work / f"{task.replace('/', '_')}_{algo}_{bc['recipe']}_seed{seed}"  # one directory per row
     shutil.rmtree(run_dir, ignore_errors=True)  # a row missing from the JSON: its run was interrupted
     if is_locomotion(task):
         preset, per_algo = "locomotion", []
@@ -166,7 +175,9 @@ def main() -> None:
         for algo in args.algos:
             for seed in args.seeds:
                 data = json.loads(js.read_text()) if js.exists() else {"rows": []}
-                if any((r["task"], r["algo"], r["seed"]) == (task, algo, seed) for r in data["rows"]):
+                recipe = expected_recipe(task, FAMILY[algo], args)
+                if any((r["task"], r["algo"], r["seed"]) == (task, algo, seed) and r.get("bc_recipe") in (None, recipe)
+                       for r in data["rows"]):
                     continue
                 print(f"[bench] {task} {algo} seed {seed}", flush=True)
                 row = run_one(task, algo, seed, args, work)
