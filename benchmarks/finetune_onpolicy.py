@@ -263,13 +263,15 @@ def write_report(data: dict, out: Path) -> None:
     tasks = sorted({r["task"] for r in rows})
     fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(5 * max(1, len(tasks)), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        for algo in FAMILY:
+        for i, algo in enumerate(FAMILY):  # one colour per algorithm, one line style per seed
             rs = [r for r in rows if r["task"] == task and r["algo"] == algo]
             for r in rs:
                 key = "mean_return" if is_locomotion(task) else "success_rate"
                 xs = [p["env_steps"] for p in r["curve"]]
                 ys = [p[key] for p in r["curve"]]
-                ax.plot(xs, ys, alpha=0.8, label=f"{algo} s{r['seed']}")
+                other = r.get("bc_recipe") and not str(r["bc_recipe"]).startswith(("d10_", "sac"))
+                ax.plot(xs, ys, alpha=0.8, color=f"C{i + 3 if other else i}", ls=["-", "--", ":"][r["seed"] % 3],
+                        label=f"{algo} s{r['seed']}" + (f" ({r['bc_recipe']})" if other else ""))
         ax.set_title(task.split("/")[-1])
         ax.set_xlabel("env steps")
         if is_locomotion(task):
