@@ -170,3 +170,15 @@ def test_data_expert_and_generate_for_locomotion(tmp_path: Path) -> None:
     assert "expert mean return" in r.stdout and "episodes: 2" in gp("data", "info", "hopper.zarr", cwd=tmp_path).stdout
     r = gp("data", "generate", "task=gym/walker2d-v5", "data.n_episodes=1", cwd=tmp_path, ok=False)
     assert r.returncode == 2 and "genpolicy data expert task=" in r.stderr  # no expert trained yet: say how
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "preset").glob("*.yaml")))
+def test_every_preset_composes_for_every_algorithm(preset: str) -> None:
+    from genpolicy.cli import compose
+    from genpolicy.config import FinetuneConfig
+
+    for algo in ("dppo", "fpo", "reinflow", "dsrl", "expo"):
+        cfg = compose("finetune", [f"algo={algo}", "ckpt=x", "task=gym/hopper-v5", f"preset={preset}"], FinetuneConfig)
+        assert cfg.algo == algo  # unknown keys or invalid values in a preset raise while composing
+    if preset == "locomotion":
+        assert cfg.ppo.reward == "env" and cfg.reinflow.steps == 4
