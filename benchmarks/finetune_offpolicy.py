@@ -29,12 +29,11 @@ from genpolicy.config import FinetuneConfig  # noqa: E402
 from genpolicy.finetune.ppo import finetune  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finetune_onpolicy import TASKS, _dash, append_row, weak_bc  # noqa: E402
+from finetune_onpolicy import FAMILY, TASKS, _dash, append_row, weak_bc  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 ALGOS = ["dsrl", "expo"]
 ALL = ["dppo", "fpo", "reinflow", "dsrl", "expo"]
-FAMILY_OF = {"dppo": "diffusion", "fpo": "flow", "reinflow": "flow"}
 
 
 def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Path) -> dict:
@@ -118,9 +117,8 @@ def comparison(rows: list[dict], on_rows: list[dict], meta: dict) -> list[str]:
     med = lambda xs: float(np.median(xs)) if xs else None  # noqa: E731
     for task, recipe in sorted({(r["task"], _short(_recipe(r, meta))) for r in rows}):
         best, ran = None, False
-        for algo in ("dppo", "fpo", "reinflow"):
-            rs = [r for r in on_rows if r["task"] == task and r["algo"] == algo and r.get("bc_recipe") == recipe
-                  and FAMILY_OF[algo] == "flow"]
+        for algo in [a for a in FAMILY if FAMILY[a] == "flow"]:  # the off-policy rows start from flow checkpoints
+            rs = [r for r in on_rows if r["task"] == task and r["algo"] == algo and r.get("bc_recipe") == recipe]
             hit = [r["env_steps_to_90"] for r in rs if r["env_steps_to_90"] is not None]
             ran = ran or bool(rs)
             if hit and (best is None or med(hit) < best[1]):

@@ -1,4 +1,4 @@
-"""On-policy fine-tuning benchmark: DPPO, FPO and ReinFlow from deliberately weak BC checkpoints on Meta-World.
+"""On-policy fine-tuning benchmark: DPPO, FPO and ReinFlow from deliberately weak BC checkpoints on Meta-World and MuJoCo locomotion (gym/hopper-v5, gym/walker2d-v5; needs their SAC experts).
 
 For each task: a weak BC policy per family (few, noisy scripted demonstrations; diffusion for DPPO, flow for FPO and
 ReinFlow), then `finetune()` per algorithm and seed with the `metaworld` preset (configs/preset/metaworld.yaml).
@@ -20,7 +20,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -45,76 +44,53 @@ def is_locomotion(task: str) -> bool:
     return task.startswith("gym/")
 
 
-def weak_bc(task: str, family: str, args: argparse.Namespace, work: Path) -> dict:
-    """Train (once) the weak BC checkpoint of a task and family; returns {ckpt, success, minutes}.
+def bc_recipe(task: str, family: str, args: argparse.Namespace) -> str:
+    """The name of the BC checkpoint a row of this task and family starts from under `args` (also its cache key).
 
-    Meta-World: a few noisy scripted demonstrations. Locomotion: episodes of the SAC "medium" expert
-    (`genpolicy data expert`, data/experts/<task>), chunks of 4 from one observation as DPPO does on Gym."""
+    Meta-World: d<demos>_n<noise>_t<detour>_s<BC steps>. Locomotion: sac<expert return>_e<episodes>_n<noise>_s<steps>."""
     if is_locomotion(task):
-        return locomotion_bc(task, family, args, work)
-    recipe = f"d{args.demos}_n{args.demo_noise}_t{args.detour}"
-    bc_steps = args.bc_steps_diffusion if family == "diffusion" and args.bc_steps_diffusion else args.bc_steps
-    tag = f"{task.replace('/', '_')}_{family}_{recipe}_s{bc_steps}"  # the cache key is the whole recipe
-    info_path = work / f"{tag}.json"
-    if info_path.exists():
-        return json.loads(info_path.read_text())
-    data = work / f"{task.replace('/', '_')}_weak_{recipe}.zarr"
-    with open(work / ".lock", "w") as lock:  # two workers must not write the same demonstrations
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not data.exists():
-            generate(task, args.demos, seed=777, noise=args.demo_noise, detour_prob=args.detour, progress=False).save(data)
-    run_dir = work / tag
-    shutil.rmtree(run_dir, ignore_errors=True)
-    pol = PolicyConfig(type=family, sampler="ddim" if family == "diffusion" else "euler", steps=10)
-    cfg = TrainConfig(task=TaskConfig(name=task), policy=pol, data=DataConfig(path=str(data), seed=0),
-                      train=OptimConfig(steps=bc_steps, batch_size=256),
-                      eval=EvalConfig(n_episodes=50, n_envs=10, n_videos=0), run=RunConfig(dir=str(run_dir), progress=False,
-                                                                                          log_every=500, ckpt_every=10**9))
-    t0 = time.time()
-    res = train(cfg)
-    info = {"ckpt": res["final_checkpoint"], "success": res["eval"]["success_rate"], "recipe": f"{recipe}_s{bc_steps}",
-            "minutes": round((time.time() - t0) / 60, 2)}
-    info_path.write_text(json.dumps(info))
-    return info
+        from genpolicy.experts.sac import default_expert_path
 
-
-def expected_recipe(task: str, family: str, args: argparse.Namespace) -> Optional[str]:
-    """The BC recipe a row of this task and family gets under `args` (None for locomotion: it names the expert)."""
-    if is_locomotion(task):
-        return None
+        meta = default_expert_path(task) / "expert.json"
+        if not meta.exists():
+            sys.exit(f"{task}: no SAC expert at {meta.parent}; train it first: "
+                     f"genpolicy data expert task={task} expert.stop_return=<medium return>")
+        ret = json.loads(meta.read_text()).get("return", 0)
+        return f"sac{ret:.0f}_e{args.loco_demos}_n{args.loco_noise}_s{args.loco_bc_steps}"
     steps = args.bc_steps_diffusion if family == "diffusion" and args.bc_steps_diffusion else args.bc_steps
     return f"d{args.demos}_n{args.demo_noise}_t{args.detour}_s{steps}"
 
 
-def locomotion_bc(task: str, family: str, args: argparse.Namespace, work: Path) -> dict:
-    from genpolicy.experts.sac import default_expert_path
+def weak_bc(task: str, family: str, args: argparse.Namespace, work: Path) -> dict:
+    """Train (once) the weak BC checkpoint of a task and family; returns {ckpt, success, return, recipe, minutes}.
 
-    expert = default_expert_path(task)
-    if not (expert / "expert.json").exists():
-        sys.exit(f"{task}: no SAC expert at {expert}; train it first: "
-                 f"genpolicy data expert task={task} expert.stop_return=<medium return>")
-    recipe = f"sac{json.loads((expert / 'expert.json').read_text()).get('return', 0):.0f}_e{args.loco_demos}_n{args.loco_noise}"
-    tag = f"{task.replace('/', '_')}_{family}_{recipe}_s{args.loco_bc_steps}"
+    Meta-World: a few noisy scripted demonstrations. Locomotion: episodes of the SAC "medium" expert
+    (`genpolicy data expert`, data/experts/<task>), chunks of 4 from one observation as DPPO does on Gym."""
+    recipe = bc_recipe(task, family, args)
+    tag = f"{task.replace('/', '_')}_{family}_{recipe}"  # the cache key is the whole recipe
     info_path = work / f"{tag}.json"
     if info_path.exists():
         return json.loads(info_path.read_text())
-    data = work / f"{task.replace('/', '_')}_{recipe}.zarr"
-    with open(work / ".lock", "w") as lock:
+    loco = is_locomotion(task)
+    data = work / f"{task.replace('/', '_')}_{'' if loco else 'weak_'}{recipe.rsplit('_s', 1)[0]}.zarr"
+    with open(work / ".lock", "w") as lock:  # two workers must not write the same demonstrations
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not data.exists():
-            generate(task, args.loco_demos, seed=777, noise=args.loco_noise, progress=False).save(data)
+            demos = (generate(task, args.loco_demos, seed=777, noise=args.loco_noise, progress=False) if loco else
+                     generate(task, args.demos, seed=777, noise=args.demo_noise, detour_prob=args.detour, progress=False))
+            demos.save(data)
     run_dir = work / tag
     shutil.rmtree(run_dir, ignore_errors=True)
-    pol = PolicyConfig(type=family, sampler="ddim" if family == "diffusion" else "euler", steps=10, n_obs_steps=1,
-                       horizon=4, n_action_steps=4)
+    chunking = dict(n_obs_steps=1, horizon=4, n_action_steps=4) if loco else {}
+    pol = PolicyConfig(type=family, sampler="ddim" if family == "diffusion" else "euler", steps=10, **chunking)
     cfg = TrainConfig(task=TaskConfig(name=task), policy=pol, data=DataConfig(path=str(data), seed=0),
-                      train=OptimConfig(steps=args.loco_bc_steps, batch_size=256),
-                      eval=EvalConfig(n_episodes=10, n_envs=10, n_videos=0), run=RunConfig(dir=str(run_dir), progress=False,
-                                                                                          log_every=500, ckpt_every=10**9))
+                      train=OptimConfig(steps=int(recipe.rsplit("_s", 1)[1]), batch_size=256),
+                      eval=EvalConfig(n_episodes=10 if loco else 50, n_envs=10, n_videos=0),
+                      run=RunConfig(dir=str(run_dir), progress=False, log_every=500, ckpt_every=10**9))
     t0 = time.time()
     res = train(cfg)
     info = {"ckpt": res["final_checkpoint"], "success": res["eval"]["success_rate"], "return": res["eval"]["mean_return"],
-            "recipe": f"{recipe}_s{args.loco_bc_steps}", "minutes": round((time.time() - t0) / 60, 2)}
+            "recipe": recipe, "minutes": round((time.time() - t0) / 60, 2)}
     info_path.write_text(json.dumps(info))
     return info
 
@@ -133,7 +109,7 @@ def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Pat
                                *([f"ppo.iterations={args.iterations}"] if args.iterations else []), *args.overrides],
                   FinetuneConfig)
     res = finetune(cfg)
-    return {"algo": algo, "task": task, "seed": seed, "bc_success_50ep": bc["success"], "bc_recipe": bc.get("recipe"),
+    return {"algo": algo, "task": task, "seed": seed, "bc_success_50ep": bc["success"], "bc_recipe": bc["recipe"],
             "start_success": res["start_success"], "final_success": res["final_success"],
             "start_return": res["start_return"], "final_return": res["final_return"], "env_steps": res["env_steps"],
             "wallclock_s": res["wallclock_s"], "env_steps_to_90": res["env_steps_to_90"],
@@ -175,14 +151,14 @@ def main() -> None:
         for algo in args.algos:
             for seed in args.seeds:
                 data = json.loads(js.read_text()) if js.exists() else {"rows": []}
-                recipe = expected_recipe(task, FAMILY[algo], args)
-                if any((r["task"], r["algo"], r["seed"]) == (task, algo, seed) and r.get("bc_recipe") in (None, recipe)
-                       for r in data["rows"]):
+                recipe = bc_recipe(task, FAMILY[algo], args)
+                if any((r["task"], r["algo"], r["seed"], r["bc_recipe"]) == (task, algo, seed, recipe) for r in data["rows"]):
                     continue
                 print(f"[bench] {task} {algo} seed {seed}", flush=True)
                 row = run_one(task, algo, seed, args, work)
-                print(f"[bench]   {row['start_success']:.2f} -> {row['final_success']:.2f}, "
-                      f"to 90%: {row['env_steps_to_90']} env steps", flush=True)
+                print(f"[bench]   success {row['start_success']:.2f} -> {row['final_success']:.2f}, return "
+                      f"{row['start_return']:.0f} -> {row['final_return']:.0f}, to 90%: {row['env_steps_to_90']} env steps",
+                      flush=True)
                 append_row(js, row, vars(args) | {"overrides": args.overrides})
     if js.exists():
         data = json.loads(js.read_text())
@@ -214,23 +190,24 @@ def _dash(v: object) -> str:
 
 def write_report(data: dict, out: Path) -> None:
     rows, meta = data["rows"], data.get("meta", {})
-    lines = ["# On-policy RL fine-tuning on Meta-World (DPPO, FPO, ReinFlow)", "",
+    lines = ["# On-policy RL fine-tuning on Meta-World and MuJoCo locomotion (DPPO, FPO, ReinFlow)", "",
              "Commands: " + "; ".join(f"`{c}`" for c in meta.get("commands", [])),
              f"Machine: {meta.get('machine', '-')}; versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()),
-             "", "Start: weak BC checkpoints ({demos} noisy scripted demonstrations, noise {demo_noise}, detour {detour}, "
-             "BC steps as in each row's recipe (`s<steps>`; chosen per family so that BC success is in 20-60%); diffusion for DPPO, flow for FPO and ReinFlow; `BC success` on 50 episodes). Reward: 1 "
-             "for the chunk in which Meta-World reports success (episodes end there), `preset=metaworld` (+ FPO clip "
-             "0.05, ReinFlow clip 0.05 and actor lr 1e-4, DPPO minibatch 1500). Success: 20 held-out episodes of the policy being fine-tuned, sampled as it is "
-             "saved (seeded random initial noise). Extra overrides: {overrides}.".format(**{"demos": "?", "demo_noise": "?", "detour": "?", "bc_steps": "?", "overrides": "none"}
-                                                          | meta.get("setup", {})), "",
-             "| task | algo | seed | BC recipe | BC success | start | final | env steps | to 90% (env steps) | to 90% (s) | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "", "Start: weak BC checkpoints named by their recipe `d<demos>_n<demo noise>_t<detour prob>_s<BC steps>` "
+             "(noisy scripted demonstrations; BC steps chosen per family so that BC success is in 20-60%); diffusion for "
+             "DPPO, flow for FPO and ReinFlow; `BC success` on 50 episodes. Reward: 1 for the chunk in which Meta-World "
+             "reports success (episodes end there), `preset=metaworld` (+ FPO clip 0.05, ReinFlow clip 0.05 and actor lr "
+             "1e-4, DPPO minibatch 1500). Success: 20 held-out episodes of the policy being fine-tuned, sampled as it is "
+             "saved (seeded random initial noise). `overrides`: the row's extra command-line overrides "
+             "(`ppo.stop_success=0.9` ends a run once two evaluations in a row reach 90%).", "",
+             "| task | algo | seed | BC recipe | BC success | start | final | env steps | to 90% (env steps) | to 90% (s) | wall s | overrides |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     mw = [r for r in rows if not is_locomotion(r["task"])]
     for r in sorted(mw, key=lambda r: (r["task"], r["algo"], r["seed"])):
         lines.append(f"| {r['task']} | {r['algo']} | {r['seed']} | {r.get('bc_recipe', '-')} | {r['bc_success_50ep']:.2f} | "
                      f"{r['start_success']:.2f} | "
                      f"{r['final_success']:.2f} | {r['env_steps']} | {_dash(r['env_steps_to_90'])} | "
-                     f"{_dash(r['wallclock_s_to_90'])} | {r['wallclock_s']:.0f} |")
+                     f"{_dash(r['wallclock_s_to_90'])} | {r['wallclock_s']:.0f} | {' '.join(r.get('overrides', [])) or '-'} |")
     loco = [r for r in rows if is_locomotion(r["task"])]
     if loco:
         lines += ["", "## Locomotion (return; `preset=locomotion`)", "",
