@@ -1,4 +1,6 @@
-"""On-policy fine-tuning benchmark: DPPO, FPO and ReinFlow from deliberately weak BC checkpoints on Meta-World and MuJoCo locomotion (gym/hopper-v5, gym/walker2d-v5; needs their SAC experts).
+"""On-policy fine-tuning benchmark: DPPO, FPO and ReinFlow from weak BC checkpoints, Meta-World and locomotion.
+
+Locomotion tasks (gym/hopper-v5, gym/walker2d-v5) need their SAC expert first (`genpolicy data expert`).
 
 For each task: a weak BC policy per family (few, noisy scripted demonstrations; diffusion for DPPO, flow for FPO and
 ReinFlow), then `finetune()` per algorithm and seed with the `metaworld` preset (configs/preset/metaworld.yaml).
