@@ -108,10 +108,23 @@ def _short(recipe: str) -> str:
     return f"d{m[1]}_n{m[2]}_t{m[3]}_s{m[4]}" if m else recipe
 
 
+def _budget(row: dict, meta: dict) -> int:
+    return row.get("env_steps_budget", meta.get("setup", {}).get("env_steps")) or 0
+
+
+def longest_per_seed(rows: list[dict], meta: dict) -> list[dict]:
+    """One row per seed: the run with the largest env-step budget (a longer rerun supersedes a short probe)."""
+    best: dict[int, dict] = {}
+    for r in rows:
+        if r["seed"] not in best or _budget(r, meta) > _budget(best[r["seed"]], meta):
+            best[r["seed"]] = r
+    return [best[s] for s in sorted(best)]
+
+
 def comparison(rows: list[dict], on_rows: list[dict], meta: dict) -> list[str]:
     """Env steps to 90%: each off-policy algorithm against the best on-policy one on the same task and checkpoint."""
     out = ["", "## Env steps to 90% against the best on-policy algorithm (same task, same BC checkpoint)", "",
-           "Median over the seeds that reached 90% (reached / run). Ratio = best on-policy median / off-policy median.", "",
+           "Median over the seeds that reached 90% (reached / run; per seed the run with the largest budget). Ratio = best on-policy median / off-policy median.", "",
            "| task | BC recipe | algo | to 90% (median) | reached | best on-policy | its to 90% | ratio |",
            "|---|---|---|---|---|---|---|---|"]
     med = lambda xs: float(np.median(xs)) if xs else None  # noqa: E731
@@ -124,7 +137,8 @@ def comparison(rows: list[dict], on_rows: list[dict], meta: dict) -> list[str]:
             if hit and (best is None or med(hit) < best[1]):
                 best = (algo, med(hit), f"{len(hit)}/{len(rs)}")
         for algo in ALGOS:
-            rs = [r for r in rows if r["task"] == task and r["algo"] == algo and _short(_recipe(r, meta)) == recipe]
+            rs = longest_per_seed([r for r in rows if r["task"] == task and r["algo"] == algo
+                                   and _short(_recipe(r, meta)) == recipe], meta)
             if not rs:
                 continue
             hit = [r["env_steps_to_90"] for r in rs if r["env_steps_to_90"] is not None]
@@ -166,7 +180,7 @@ def write_report(data: dict, out: Path) -> None:
               "outputs near-zero noise, so a 90% at the first evaluation (before any update: the first 4,000 env steps "
               "are base-policy warm-up) reflects that, not learning. The 3-demo rows fail whole layouts from any noise "
               "and are where DSRL's learning shows (drawer-open 0.40 -> 0.85-1.00 after 28-36k env steps)."]
-    lines += [""] + [f"![{t}](finetune_offpolicy_{t.split('/')[-1]}.png)" for t in sorted({r["task"] for r in rows})] + [""]
+    lines += [""] + [f"![{t} {rc}]({plot_name(t, rc)})" for t, rc in sorted({(r["task"], _short(_recipe(r, meta))) for r in rows})] + [""]
     (out / "finetune_offpolicy.md").write_text("\n".join(lines))
     try:
         import matplotlib
@@ -175,18 +189,25 @@ def write_report(data: dict, out: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    for task in sorted({r["task"] for r in rows}):
+    for task, recipe in sorted({(r["task"], _short(_recipe(r, meta))) for r in rows}):
         fig, ax = plt.subplots(figsize=(6, 3.8))
+        same = [r for r in rows if r["task"] == task and _short(_recipe(r, meta)) == recipe]
+        same = [r for a in ALGOS for r in longest_per_seed([r for r in same if r["algo"] == a], meta)]
+        same += [r for r in on_rows if r["task"] == task and r.get("bc_recipe") == recipe]  # same checkpoint only
         for i, algo in enumerate(ALL):
-            for r in [r for r in rows + on_rows if r["task"] == task and r["algo"] == algo]:
+            for j, r in enumerate([r for r in same if r["algo"] == algo]):
                 ax.plot([p["env_steps"] for p in r["curve"]], [p["success_rate"] for p in r["curve"]], color=f"C{i}",
-                        alpha=0.8, label=algo if r["seed"] == 0 else None)
+                        alpha=0.8, label=algo if j == 0 else None)
         ax.axhline(0.9, color="gray", ls="--", lw=0.8)
-        ax.set(title=task.split("/")[-1], xlabel="env steps", ylabel="success", ylim=(-0.02, 1.02))
+        ax.set(title=f"{task.split('/')[-1]} ({recipe})", xlabel="env steps", ylabel="success", ylim=(-0.02, 1.02))
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / f"finetune_offpolicy_{task.split('/')[-1]}.png", dpi=110)
+        fig.savefig(out / plot_name(task, recipe), dpi=110)
         plt.close(fig)
+
+
+def plot_name(task: str, recipe: str) -> str:
+    return f"finetune_offpolicy_{task.split('/')[-1]}_{recipe}.png"
 
 
 if __name__ == "__main__":
