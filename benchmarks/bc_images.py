@@ -53,13 +53,15 @@ def run_one(task: str, kind: str, seed: int, args: argparse.Namespace, work: Pat
         t_data = time.time() - t0
     images = kind == "camera"
     policy = PolicyConfig(type="flow", sampler="euler", steps=10, n_obs_steps=2, horizon=16, n_action_steps=8,
-                          state_indices=PROPRIO, image_size=args.image_size, crop_ratio=0.9)
-    run_dir = work / f"{name}_{kind}_px{args.image_size}_s{args.steps}_seed{seed}"
+                          state_indices=PROPRIO, image_size=args.image_size, crop_ratio=0.9,
+                          image_encoder=args.encoder)
+    enc = "" if args.encoder == "resnet18" or not images else f"_{args.encoder}"
+    run_dir = work / f"{name}_{kind}{enc}_px{args.image_size}_s{args.steps}_seed{seed}"
     continued_from = None
     if args.continue_from and not run_dir.exists():
         # start from a finished shorter run's checkpoint (its EMA, optimiser and step); the cosine schedule is
         # re-stretched to the new total, so the learning rate rises again from where the new schedule is
-        prev = work / f"{name}_{kind}_px{args.image_size}_s{args.continue_from}_seed{seed}"
+        prev = work / f"{name}_{kind}{enc}_px{args.image_size}_s{args.continue_from}_seed{seed}"
         if not (prev / "checkpoints").exists():
             raise SystemExit(f"--continue-from {args.continue_from}: no run at {prev}")
         shutil.copytree(prev, run_dir, ignore=shutil.ignore_patterns("eval", "tb"))
@@ -80,12 +82,12 @@ def run_one(task: str, kind: str, seed: int, args: argparse.Namespace, work: Pat
     rates = [m["steps_per_s"] for m in logs if "steps_per_s" in m]
     if continued_from is not None:  # add the shorter run's training time
         prev_rows = json.loads(Path(args.out + ".json").read_text())["rows"]
-        train_min += next(r["train_minutes"] for r in prev_rows if (r["task"], r["policy"], r["seed"], r["train_steps"])
-                          == (task, kind, seed, continued_from))
+        train_min += next(r["train_minutes"] for r in prev_rows if (r["task"], r["policy"], r["seed"], r["train_steps"],
+                          r.get("encoder", "resnet18")) == (task, kind, seed, continued_from, args.encoder))
     return {"task": task, "policy": kind, "seed": seed, "success_rate": ev["success_rate"],
             "n_episodes": ev["n_episodes"], "train_minutes": round(train_min, 2),
             "median_steps_per_s": round(float(sorted(rates)[len(rates) // 2]), 2) if rates else None, "train_steps": args.steps,
-            "batch_size": cfg.train.batch_size, "image_size": args.image_size, "n_demos": args.demos, "demo_frames": n_frames,
+            "encoder": args.encoder if images else None, "batch_size": cfg.train.batch_size, "image_size": args.image_size, "n_demos": args.demos, "demo_frames": n_frames,
             "render_seconds": round(t_data, 1) if t_data else None, "eval_seconds": ev["eval_seconds"],
             "sampler": f"{ev['sampler']}-{ev['steps']}", "run_dir": str(run_dir), "continued_from": continued_from,
             "success_definition": ev["success_definition"]}
@@ -100,18 +102,21 @@ def write_report(data: dict, out: Path) -> None:
              + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()),
              f"Setup: {s.get('demos')} clean scripted demos per task, rendered from Meta-World's `corner` camera at "
              f"{s.get('image_size')}x{s.get('image_size')} (EGL, software). Policy: flow matching, Euler 10 steps, To=2 stacked frames, H=16, Ta=8; image encoder "
-             "GroupNorm ResNet-18 from scratch + spatial softmax (32 keypoints), random crops of 90% of the side when training, "
+             "(column `encoder`) from scratch: `resnet18` = GroupNorm ResNet-18 (11M parameters), `conv` = four 3x3 "
+             "convolutions of 32 channels with GroupNorm (34k parameters, `policy.image_encoder=conv`), then spatial "
+             "softmax (32 keypoints); random crops of 90% of the side when training, "
              f"centre crop at evaluation; state input = proprioception only (Meta-World state indices {PROPRIO}: hand "
              "xyz + gripper, now and one frame back), so object and goal positions come from the camera alone. "
-             f"Camera policies: batch {s.get('batch')}; `proprio_only` baseline: the same data and proprioception, "
+             f"Camera policies: batch in the table; `proprio_only` baseline: the same data and proprioception, "
              "no camera, batch 256. Success = Meta-World's `info['success']` at any step, final EMA weights, "
              "evaluation layouts sampled fresh (disjoint from the demos).", "",
              "Train minutes are wall-clock on this 2-core machine while other jobs shared it (the first drawer-open run "
              "was also paused for ~12 min); `steps/s` is the median logged training rate.", "",
-             "| task | policy | px | seed | success | episodes | train steps | train min | steps/s | eval s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| task | policy | encoder | px | batch | seed | success | episodes | train steps | train min | steps/s | eval s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["task"], r["policy"], r["seed"])):
-        lines.append(f"| {r['task']} | {r['policy']} | {r.get('image_size', 84)} | {r['seed']} | {r['success_rate']:.2f} | {r['n_episodes']} | "
+        enc = r.get("encoder", "resnet18") if r["policy"] == "camera" else "-"
+        lines.append(f"| {r['task']} | {r['policy']} | {enc} | {r.get('image_size', 84)} | {r['batch_size']} | {r['seed']} | {r['success_rate']:.2f} | {r['n_episodes']} | "
                      f"{r['train_steps']}{' (from ' + str(r['continued_from']) + ')' if r.get('continued_from') else ''} | "
                      f"{r['train_minutes']:.1f} | {_dash(r.get('median_steps_per_s'))} | {r['eval_seconds']:.0f} |")
     lines += ["", "Rollout videos: `<run_dir>/eval/*.mp4` of each row's run (runs/ is not committed)."]
@@ -126,6 +131,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--batch", type=int, default=32, help="camera policies' batch (each sample holds To frames)")
     ap.add_argument("--demos", type=int, default=50)
+    ap.add_argument("--encoder", default="resnet18", choices=["resnet18", "conv"], help="camera policies' image trunk")
     ap.add_argument("--image-size", type=int, default=64, help="rendered frames, square pixels (crops are 90%%)")
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--threads", type=int, default=0)
@@ -149,8 +155,10 @@ def main() -> int:
         for task in args.tasks:
             for kind in args.policies:
                 done = json.loads(js.read_text())["rows"] if js.exists() else []
-                if any((r["task"], r["policy"], r["seed"], r["train_steps"], r.get("image_size")) ==
-                       (task, kind, seed, args.steps, args.image_size)
+                enc = args.encoder if kind == "camera" else None
+                if any((r["task"], r["policy"], r["seed"], r["train_steps"], r.get("image_size"),
+                        r.get("encoder", "resnet18" if r["policy"] == "camera" else None)) ==
+                       (task, kind, seed, args.steps, args.image_size, enc)
                        for r in done):
                     continue
                 print(f"[bench] {task} {kind} seed {seed}", flush=True)

@@ -64,6 +64,7 @@ class PolicyConfig:
     image_size: int = 84
     crop_ratio: float = 0.9
     image_feature_dim: int = 64
+    image_encoder: str = "resnet18"  # resnet18 (GroupNorm, Diffusion Policy's) | conv (4 small convolutions; CPU-friendly)
     # which state dims the policy sees (empty = all). Camera policies use proprioception only, e.g. Meta-World
     # [0,1,2,3,18,19,20,21] (hand xyz + gripper, now and one frame back), so objects are seen through the cameras.
     state_indices: list[int] = field(default_factory=list)
@@ -84,6 +85,8 @@ class PolicyConfig:
         _check(self.type in POLICY_TYPES, f"policy.type must be one of {POLICY_TYPES}, got '{self.type}'")
         _check(self.sampler in SAMPLERS[self.type],
                f"policy.sampler='{self.sampler}' is not valid for policy.type='{self.type}'; use one of {SAMPLERS[self.type]}")
+        _check(self.image_encoder in ("resnet18", "conv"),
+               f"policy.image_encoder must be resnet18|conv, got '{self.image_encoder}'")
         _check(self.network in NETWORKS, f"policy.network must be one of {NETWORKS}, got '{self.network}'")
         _check(self.n_obs_steps >= 1, f"policy.n_obs_steps must be >= 1, got {self.n_obs_steps}")
         _check(1 <= self.n_action_steps <= self.horizon,

@@ -16,10 +16,10 @@ from genpolicy.training.checkpoint import load_policy, save_checkpoint
 from tests.conftest import tiny_policy_cfg
 
 
-def _policy(ptype: str = "diffusion", sampler: str = "ddim", cams: list[str] | None = None):
+def _policy(ptype: str = "diffusion", sampler: str = "ddim", cams: list[str] | None = None, px: int = 32, **kw):
     torch.manual_seed(0)
-    shape = ShapeMeta(state_dim=4, action_dim=2, cameras=cams or [], image_size=32)
-    p = make_policy(tiny_policy_cfg(type=ptype, sampler=sampler), shape)
+    shape = ShapeMeta(state_dim=4, action_dim=2, cameras=cams or [], image_size=px)
+    p = make_policy(tiny_policy_cfg(type=ptype, sampler=sampler, **kw), shape)
     p.normalizer.fit({"state": np.random.default_rng(0).normal(size=(50, 4)),
                       "action": np.random.default_rng(1).normal(size=(50, 2))})
     return p.eval()
@@ -40,13 +40,27 @@ def test_reload_gives_identical_actions(tmp_path: Path, ptype: str, sampler: str
     assert "_target_" not in (tmp_path / "ck" / "config.json").read_text()
 
 
-def test_camera_policy_reloads(tmp_path: Path) -> None:
-    p = _policy("flow", "euler", cams=["front"])
+@pytest.mark.parametrize("encoder", ["resnet18", "conv"])
+def test_camera_policy_reloads(tmp_path: Path, encoder: str) -> None:
+    px = 64 if encoder == "resnet18" else 32  # ResNet-18 needs >= 64 px (see the next test)
+    p = _policy("flow", "euler", cams=["front"], px=px, image_encoder=encoder)
     save_checkpoint(tmp_path / "ck", p, {}, step=1)
     q = load_policy(tmp_path / "ck", use_ema=False)
-    obs = {"state": torch.randn(2, 2, 4), "image.front": torch.randint(0, 255, (2, 2, 3, 32, 32), dtype=torch.uint8)}
+    assert q.cfg.image_encoder == encoder
+    obs = {"state": torch.randn(2, 2, 4), "image.front": torch.randint(0, 255, (2, 2, 3, px, px), dtype=torch.uint8)}
     noise = torch.randn(2, 8, 2)
     assert torch.allclose(p.predict_chunk(obs, noise=noise), q.predict_chunk(obs, noise=noise))
+    # the frame reaches the conditioning (the untrained net's zero-initialised output layer hides it from actions)
+    other = dict(obs, **{"image.front": 255 - obs["image.front"]})
+    with torch.no_grad():
+        assert not torch.allclose(p.encode(obs), p.encode(other))
+
+
+def test_resnet_on_too_small_images_is_refused() -> None:
+    from genpolicy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="32 px .* 1x1 feature map"):
+        _policy("flow", "euler", cams=["front"], px=32, image_encoder="resnet18")
 
 
 def test_crash_during_save_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -86,6 +86,7 @@ def test_generate_info_train_eval_convert(tmp_path: Path) -> None:
     (["bench", "sampler", "methods=[nope]"], "unknown method 'nope'"),
     (["finetune", "algo=nope", "ckpt=x"], "algo must be one of"),
     (["finetune", "algo=dppo"], "finetune needs a BC checkpoint"),
+    (["train", "task=toy/bimodal", "policy.image_encoder=vit"], "policy.image_encoder must be resnet18|conv, got 'vit'"),
     (["train", "task=toy/bimodal", "policy.warm_start_steps=99"], "policy.warm_start_steps (99) must be in [0, policy.steps=10)"),
 ])
 def test_bad_input_gives_one_line_error(tmp_path: Path, args: list[str], needle: str) -> None:

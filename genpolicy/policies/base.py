@@ -47,7 +47,7 @@ class GenerativePolicy(nn.Module):
         self.normalizer = Normalizer({"state": shape.state_dim, "action": shape.action_dim},
                                      {"state": cfg.normalizer, "action": "minmax"})
         self.obs_encoder = ObsEncoder(shape.state_dim, tuple(shape.cameras), cfg.n_obs_steps, shape.image_size,
-                                      cfg.crop_ratio, cfg.image_feature_dim, cfg.state_indices)
+                                      cfg.crop_ratio, cfg.image_feature_dim, cfg.state_indices, cfg.image_encoder)
         self.net = self._build_net(self.obs_encoder.out_dim, use_step_size=self._uses_step_size())
         if cfg.ft_steps > 0:  # DPPO: a fine-tuned copy drives the last ft_steps grid steps; `net` stays frozen
             self.net_ft: Optional[nn.Module] = self._build_net(self.obs_encoder.out_dim, self._uses_step_size())
