@@ -3,7 +3,8 @@
 Uses benchmarks/finetune_onpolicy.py's weak checkpoints (same work directory, same demos and BC settings; flow family)
 and the `metaworld` preset's offpolicy/dsrl/expo sections. Writes benchmarks/results/finetune_offpolicy.md, .json
 (a list `rows`, one per algorithm, task and seed, same keys as finetune_onpolicy.json) and one plot per task with all
-five algorithms (on-policy curves read from finetune_onpolicy.json when present).
+five algorithms (on-policy curves read from finetune_onpolicy.json when present). Interrupted rows resume like the
+on-policy ones (one run directory per task, algorithm, checkpoint recipe, budget and seed).
 
     .venv/bin/python benchmarks/finetune_offpolicy.py --seeds 0 --threads 1
     .venv/bin/python benchmarks/finetune_offpolicy.py --report
@@ -15,7 +16,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from genpolicy.config import FinetuneConfig  # noqa: E402
 from genpolicy.finetune.ppo import finetune  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finetune_onpolicy import FAMILY, TASKS, _dash, append_row, weak_bc  # noqa: E402
+from finetune_onpolicy import FAMILY, TASKS, _dash, append_row, resume_or_restart, weak_bc  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 ALGOS = ["dsrl", "expo"]
@@ -38,11 +38,10 @@ ALL = ["dppo", "fpo", "reinflow", "dsrl", "expo"]
 
 def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Path) -> dict:
     bc = weak_bc(task, "flow", args, work)
-    run_dir = work / f"{task.replace('/', '_')}_{algo}_seed{seed}"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = compose("finetune", [f"algo={algo}", f"ckpt={bc['ckpt']}", f"task={task}", "preset=metaworld",
-                               f"run.dir={run_dir}", f"run.seed={seed}", "run.progress=false",
-                               f"offpolicy.env_steps={args.env_steps}", *args.overrides], FinetuneConfig)
+    run_dir = work / f"{task.replace('/', '_')}_{algo}_{bc['recipe']}_b{args.env_steps}_seed{seed}"  # one per row
+    overrides = [f"algo={algo}", f"ckpt={bc['ckpt']}", f"task={task}", "preset=metaworld", f"run.dir={run_dir}",
+                 f"run.seed={seed}", "run.progress=false", f"offpolicy.env_steps={args.env_steps}", *args.overrides]
+    cfg = compose("finetune", overrides + resume_or_restart(run_dir, overrides), FinetuneConfig)
     res = finetune(cfg)
     return {"algo": algo, "task": task, "seed": seed, "bc_success_50ep": bc["success"],
             "start_success": res["start_success"], "final_success": res["final_success"],

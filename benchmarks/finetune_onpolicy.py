@@ -6,7 +6,9 @@ For each task: a weak BC policy per family (few, noisy scripted demonstrations; 
 ReinFlow), then `finetune()` per algorithm and seed with the `metaworld` preset (configs/preset/metaworld.yaml).
 Writes benchmarks/results/finetune_onpolicy.md, .json (a list `rows`, one per algorithm, task and seed) and
 finetune_onpolicy.png (success versus env steps, mean over seeds). Rows are appended as they finish; a rerun skips
-rows already present, so several workers (one per seed, --threads 1) can share the file.
+rows already present, so several workers (one per seed, --threads 1) can share the file. A row whose run was
+interrupted (Ctrl-C, SIGTERM: fine-tuning saves a checkpoint first) resumes from its last checkpoint on the next
+invocation with the same settings.
 
     .venv/bin/python benchmarks/finetune_onpolicy.py --seeds 0 --threads 1
     .venv/bin/python benchmarks/finetune_onpolicy.py --report
@@ -97,19 +99,33 @@ def weak_bc(task: str, family: str, args: argparse.Namespace, work: Path) -> dic
     return info
 
 
+def resume_or_restart(run_dir: Path, overrides: list[str]) -> list[str]:
+    """A row missing from the JSON had its run interrupted: resume it from its last checkpoint when it was started with
+    the same overrides (fine-tuning resumes exactly: weights, optimisers, RNGs, curve, wall-clock), else start over.
+    Returns the extra override for `compose`."""
+    stamp = run_dir / "bench_overrides.json"
+    if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").glob("it_*")) and stamp.exists() \
+            and json.loads(stamp.read_text()) == overrides:
+        print(f"[bench]   resuming {run_dir}", flush=True)
+        return ["run.resume=true"]
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    stamp.write_text(json.dumps(overrides))
+    return []
+
+
 def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Path) -> dict:
     bc = weak_bc(task, FAMILY[algo], args, work)
     run_dir = work / f"{task.replace('/', '_')}_{algo}_{bc['recipe']}_seed{seed}"  # one directory per row
-    shutil.rmtree(run_dir, ignore_errors=True)  # a row missing from the JSON: its run was interrupted
     if is_locomotion(task):
         preset, per_algo = "locomotion", []
     else:
         preset, per_algo = "metaworld", {"fpo": ["ppo.clip_eps=0.05"], "reinflow": ["ppo.clip_eps=0.05", "ppo.actor_lr=1e-4", "ppo.actor_lr_min=1e-4"],
                                       "dppo": ["ppo.minibatch_size=1500"]}.get(algo, [])
-    cfg = compose("finetune", [f"algo={algo}", f"ckpt={bc['ckpt']}", f"task={task}", f"preset={preset}", *per_algo,
-                               f"run.dir={run_dir}", f"run.seed={seed}", "run.progress=false",
-                               *([f"ppo.iterations={args.iterations}"] if args.iterations else []), *args.overrides],
-                  FinetuneConfig)
+    overrides = [f"algo={algo}", f"ckpt={bc['ckpt']}", f"task={task}", f"preset={preset}", *per_algo,
+                 f"run.dir={run_dir}", f"run.seed={seed}", "run.progress=false",
+                 *([f"ppo.iterations={args.iterations}"] if args.iterations else []), *args.overrides]
+    cfg = compose("finetune", overrides + resume_or_restart(run_dir, overrides), FinetuneConfig)
     res = finetune(cfg)
     return {"algo": algo, "task": task, "seed": seed, "bc_success_50ep": bc["success"], "bc_recipe": bc["recipe"],
             "start_success": res["start_success"], "final_success": res["final_success"],
