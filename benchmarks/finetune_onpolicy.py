@@ -116,7 +116,8 @@ def resume_or_restart(run_dir: Path, overrides: list[str]) -> list[str]:
 
 def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Path) -> dict:
     bc = weak_bc(task, FAMILY[algo], args, work)
-    run_dir = work / f"{task.replace('/', '_')}_{algo}_{bc['recipe']}_seed{seed}"  # one directory per row
+    tag = f"_{args.tag}" if args.tag else ""
+    run_dir = work / f"{task.replace('/', '_')}_{algo}_{bc['recipe']}{tag}_seed{seed}"  # one directory per row
     if is_locomotion(task):
         preset, per_algo = "locomotion", []
     else:
@@ -132,7 +133,7 @@ def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Pat
             "start_return": res["start_return"], "final_return": res["final_return"], "env_steps": res["env_steps"],
             "wallclock_s": res["wallclock_s"], "env_steps_to_90": res["env_steps_to_90"],
             "wallclock_s_to_90": res["wallclock_s_to_90"], "curve": res["curve"], "stopped_early": res["stopped_early"],
-            "overrides": list(args.overrides),
+            "overrides": list(args.overrides), "tag": args.tag,
             "eval_episodes": cfg.eval.n_episodes}
 
 
@@ -156,6 +157,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default=str(OUT), help="results directory")
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--tag", default="", help="label for a variant (rows run with other overrides): part of the row's "
+                    "key and run directory, so it sits next to the default row instead of being skipped")
     ap.add_argument("overrides", nargs="*", help="extra finetune overrides, e.g. ppo.n_envs=8")
     args = ap.parse_args()
     if args.threads:
@@ -170,7 +173,8 @@ def main() -> None:
             for seed in args.seeds:
                 data = json.loads(js.read_text()) if js.exists() else {"rows": []}
                 recipe = bc_recipe(task, FAMILY[algo], args)
-                if any((r["task"], r["algo"], r["seed"], r["bc_recipe"]) == (task, algo, seed, recipe) for r in data["rows"]):
+                if any((r["task"], r["algo"], r["seed"], r["bc_recipe"], r.get("tag", "")) == (task, algo, seed, recipe, args.tag)
+                       for r in data["rows"]):
                     continue
                 print(f"[bench] {task} {algo} seed {seed}", flush=True)
                 row = run_one(task, algo, seed, args, work)
@@ -202,6 +206,11 @@ def append_row(js: Path, row: dict, setup: dict, keep_first_setup: bool = False)
         tmp.replace(js)
 
 
+def _name(row: dict) -> str:
+    """The algorithm, with the variant tag of rows run with other settings."""
+    return row["algo"] + (f" [{row['tag']}]" if row.get("tag") else "")
+
+
 def _dash(v: object) -> str:
     return "-" if v is None else str(v)  # 0 env steps to 90% is a value, not a miss
 
@@ -222,7 +231,7 @@ def write_report(data: dict, out: Path) -> None:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     mw = [r for r in rows if not is_locomotion(r["task"])]
     for r in sorted(mw, key=lambda r: (r["task"], r["algo"], r["seed"])):
-        lines.append(f"| {r['task']} | {r['algo']} | {r['seed']} | {r.get('bc_recipe', '-')} | {r['bc_success_50ep']:.2f} | "
+        lines.append(f"| {r['task']} | {_name(r)} | {r['seed']} | {r.get('bc_recipe', '-')} | {r['bc_success_50ep']:.2f} | "
                      f"{r['start_success']:.2f} | "
                      f"{r['final_success']:.2f} | {r['env_steps']} | {_dash(r['env_steps_to_90'])} | "
                      f"{_dash(r['wallclock_s_to_90'])} | {r['wallclock_s']:.0f} | {' '.join(r.get('overrides', [])) or '-'} |")
@@ -232,16 +241,17 @@ def write_report(data: dict, out: Path) -> None:
                   "Start: BC on episodes of the toolkit's SAC \"medium\" expert (`genpolicy data expert`; recipe in the "
                   "JSON). Return: mean undiscounted return over the evaluation episodes; gain = final / start - 1. "
                   "s/iteration: wall-clock per fine-tuning iteration (rollout + update; evaluations included).", "",
-                  "| task | algo | seed | start return | final return | gain | best return | env steps | s/iteration | wall s |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| task | algo | seed | start return | final return | gain | best return | env steps | s/iteration | wall s | overrides |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(loco, key=lambda r: (r["task"], r["algo"], r["seed"])):
             best = max(p["mean_return"] for p in r["curve"])
-            lines.append(f"| {r['task']} | {r['algo']} | {r['seed']} | {r['start_return']:.0f} | {r['final_return']:.0f} | "
+            lines.append(f"| {r['task']} | {_name(r)} | {r['seed']} | {r['start_return']:.0f} | {r['final_return']:.0f} | "
                          f"{r['final_return'] / r['start_return'] - 1:+.0%} | {best:.0f} | {r['env_steps']} | "
-                         f"{r['wallclock_s'] / max(1, r['curve'][-1]['iteration']):.1f} | {r['wallclock_s']:.0f} |")
+                         f"{r['wallclock_s'] / max(1, r['curve'][-1]['iteration']):.1f} | {r['wallclock_s']:.0f} | "
+                         f"{' '.join(r.get('overrides', [])) or '-'} |")
         for task in sorted({r["task"] for r in loco}):
             per = {a: [r["wallclock_s"] / max(1, r["curve"][-1]["iteration"]) for r in loco
-                       if r["task"] == task and r["algo"] == a] for a in ("reinflow", "dppo")}
+                       if r["task"] == task and r["algo"] == a and not r.get("tag")] for a in ("reinflow", "dppo")}
             if per["reinflow"] and per["dppo"]:
                 ratio = (sum(per["reinflow"]) / len(per["reinflow"])) / (sum(per["dppo"]) / len(per["dppo"]))
                 lines.append(f"\n{task}: ReinFlow's wall-clock per iteration is {ratio:.2f}x DPPO's in the same run "
@@ -267,7 +277,7 @@ def write_report(data: dict, out: Path) -> None:
                 ys = [p[key] for p in r["curve"]]
                 other = r.get("bc_recipe") and not str(r["bc_recipe"]).startswith(("d10_", "sac"))
                 ax.plot(xs, ys, alpha=0.8, color=f"C{i + 3 if other else i}", ls=["-", "--", ":"][r["seed"] % 3],
-                        label=f"{algo} s{r['seed']}" + (f" ({r['bc_recipe']})" if other else ""))
+                        label=f"{_name(r)} s{r['seed']}" + (f" ({r['bc_recipe']})" if other else ""))
         ax.set_title(task.split("/")[-1])
         ax.set_xlabel("env steps")
         if is_locomotion(task):
