@@ -230,7 +230,7 @@ def write_report(data: dict, out: Path) -> None:
              "| task | algo | seed | BC recipe | BC success | start | final | env steps | to 90% (env steps) | to 90% (s) | wall s | overrides |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     mw = [r for r in rows if not is_locomotion(r["task"])]
-    for r in sorted(mw, key=lambda r: (r["task"], r["algo"], r["seed"])):
+    for r in sorted(mw, key=lambda r: (r["task"], r["algo"], r.get("tag", ""), r["seed"])):
         lines.append(f"| {r['task']} | {_name(r)} | {r['seed']} | {r.get('bc_recipe', '-')} | {r['bc_success_50ep']:.2f} | "
                      f"{r['start_success']:.2f} | "
                      f"{r['final_success']:.2f} | {r['env_steps']} | {_dash(r['env_steps_to_90'])} | "
@@ -243,7 +243,7 @@ def write_report(data: dict, out: Path) -> None:
                   "s/iteration: wall-clock per fine-tuning iteration (rollout + update; evaluations included).", "",
                   "| task | algo | seed | start return | final return | gain | best return | env steps | s/iteration | wall s | overrides |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in sorted(loco, key=lambda r: (r["task"], r["algo"], r["seed"])):
+        for r in sorted(loco, key=lambda r: (r["task"], r["algo"], r.get("tag", ""), r["seed"])):
             best = max(p["mean_return"] for p in r["curve"])
             lines.append(f"| {r['task']} | {_name(r)} | {r['seed']} | {r['start_return']:.0f} | {r['final_return']:.0f} | "
                          f"{r['final_return'] / r['start_return'] - 1:+.0%} | {best:.0f} | {r['env_steps']} | "
@@ -276,7 +276,7 @@ def write_report(data: dict, out: Path) -> None:
                 xs = [p["env_steps"] for p in r["curve"]]
                 ys = [p[key] for p in r["curve"]]
                 other = r.get("bc_recipe") and not str(r["bc_recipe"]).startswith(("d10_", "sac"))
-                ax.plot(xs, ys, alpha=0.8, color=f"C{i + 3 if other else i}", ls=["-", "--", ":"][r["seed"] % 3],
+                ax.plot(xs, ys, alpha=0.8, color=f"C{i + (3 if other else 0) + (6 if r.get('tag') else 0)}", ls=["-", "--", ":"][r["seed"] % 3],
                         label=f"{_name(r)} s{r['seed']}" + (f" ({r['bc_recipe']})" if other else ""))
         ax.set_title(task.split("/")[-1])
         ax.set_xlabel("env steps")
