@@ -119,7 +119,8 @@ class ObsEncoder(nn.Module):
         # not persistent: the saved PolicyConfig carries the selection, and older checkpoints still load
         self.register_buffer("state_indices", torch.as_tensor(list(state_indices), dtype=torch.long), persistent=False)
         state_dim = len(state_indices) or state_dim
-        self.images = nn.ModuleDict({cam: ImageEncoder(image_size, crop_ratio, feature_dim, trunk=image_encoder) for cam in self.cameras})
+        self.images = nn.ModuleDict({cam: ImageEncoder(image_size, crop_ratio, feature_dim, trunk=image_encoder)
+                                     for cam in self.cameras})
         self.out_dim = n_obs_steps * (state_dim + len(self.cameras) * feature_dim)
 
     def forward(self, obs: dict[str, torch.Tensor], generator: Optional[torch.Generator] = None) -> torch.Tensor:
