@@ -85,7 +85,7 @@ def run_one(task: str, kind: str, seed: int, args: argparse.Namespace, work: Pat
     if continued_from is not None:  # add the shorter run's training time
         prev_rows = json.loads(Path(args.out + ".json").read_text())["rows"]
         train_min += next(r["train_minutes"] for r in prev_rows if (r["task"], r["policy"], r["seed"], r["train_steps"],
-                          r.get("encoder", "resnet18")) == (task, kind, seed, continued_from, args.encoder))
+                          _encoder(r)) == (task, kind, seed, continued_from, args.encoder))
     return {"task": task, "policy": kind, "seed": seed, "success_rate": ev["success_rate"],
             "n_episodes": ev["n_episodes"], "train_minutes": round(train_min, 2),
             "median_steps_per_s": round(float(sorted(rates)[len(rates) // 2]), 2) if rates else None, "train_steps": args.steps,
@@ -93,6 +93,11 @@ def run_one(task: str, kind: str, seed: int, args: argparse.Namespace, work: Pat
             "render_seconds": round(t_data, 1) if t_data else None, "eval_seconds": ev["eval_seconds"],
             "sampler": f"{ev['sampler']}-{ev['steps']}", "run_dir": str(run_dir), "continued_from": continued_from,
             "success_definition": ev["success_definition"]}
+
+
+def _encoder(row: dict) -> str | None:
+    """A row's image trunk: None without a camera; rows from before the column existed used ResNet-18."""
+    return row.get("encoder") or "resnet18" if row["policy"] == "camera" else None
 
 
 def write_report(data: dict, out: Path) -> None:
@@ -117,14 +122,14 @@ def write_report(data: dict, out: Path) -> None:
              "| task | policy | encoder | px | batch | seed | success | episodes | train steps | train min | steps/s | eval s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["task"], r["policy"], r["seed"])):
-        enc = r.get("encoder", "resnet18") if r["policy"] == "camera" else "-"
+        enc = _encoder(r) or "-"
         lines.append(f"| {r['task']} | {r['policy']} | {enc} | {r.get('image_size', 84)} | {r['batch_size']} | {r['seed']} | {r['success_rate']:.2f} | {r['n_episodes']} | "
                      f"{r['train_steps']}{' (from ' + str(r['continued_from']) + ')' if r.get('continued_from') else ''} | "
                      f"{r['train_minutes']:.1f} | {_dash(r.get('median_steps_per_s'))} | {r['eval_seconds']:.0f} |")
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r["policy"] == "camera":
-            groups.setdefault((r["task"], r.get("encoder") or "resnet18", r["train_steps"]), []).append(r)
+            groups.setdefault((r["task"], _encoder(r), r["train_steps"]), []).append(r)
     lines += ["", "## Against the target (>= 0.80 on two Meta-World tasks, camera + proprioception)", "",
               "| task | encoder | train steps | seeds | success per seed | mean | >= 0.80 |", "|---|---|---|---|---|---|---|"]
     for (task, enc, steps), rs in sorted(groups.items()):
@@ -170,8 +175,7 @@ def main() -> int:
             for kind in args.policies:
                 done = json.loads(js.read_text())["rows"] if js.exists() else []
                 enc = args.encoder if kind == "camera" else None
-                if any((r["task"], r["policy"], r["seed"], r["train_steps"], r.get("image_size"),
-                        r.get("encoder", "resnet18" if r["policy"] == "camera" else None)) ==
+                if any((r["task"], r["policy"], r["seed"], r["train_steps"], r.get("image_size"), _encoder(r)) ==
                        (task, kind, seed, args.steps, args.image_size, enc)
                        for r in done):
                     continue

@@ -78,8 +78,8 @@ def main() -> None:
         for algo in args.algos:
             for seed in args.seeds:
                 data = json.loads(js.read_text()) if js.exists() else {"rows": []}
-                budget = data.get("meta", {}).get("setup", {}).get("env_steps")  # rows before the key was recorded
-                if any((r["task"], r["algo"], r["seed"], _recipe(r, data.get("meta", {})), r.get("env_steps_budget", budget))
+                meta = data.get("meta", {})
+                if any((r["task"], r["algo"], r["seed"], _recipe(r, meta), _budget(r, meta))
                        == (task, algo, seed, _args_recipe(args), args.env_steps) for r in data["rows"]):
                     continue
                 print(f"[bench] {task} {algo} seed {seed}", flush=True)
@@ -107,15 +107,21 @@ def _short(recipe: str) -> str:
     return f"d{m[1]}_n{m[2]}_t{m[3]}_s{m[4]}" if m else recipe
 
 
-def _budget(row: dict, meta: dict) -> int:
-    return row.get("env_steps_budget", meta.get("setup", {}).get("env_steps")) or 0
+def _budget(row: dict, meta: dict) -> int | None:
+    """A row's env-step budget (rows before the key was recorded take the file's setup)."""
+    return row.get("env_steps_budget", meta.get("setup", {}).get("env_steps"))
+
+
+def _ckpt(row: dict, meta: dict) -> str:
+    """The row's BC checkpoint in the on-policy rows' spelling, e.g. 'd3_n1.0_t0.3_s300'."""
+    return _short(_recipe(row, meta))
 
 
 def longest_per_seed(rows: list[dict], meta: dict) -> list[dict]:
     """One row per seed: the run with the largest env-step budget (a longer rerun supersedes a short probe)."""
     best: dict[int, dict] = {}
     for r in rows:
-        if r["seed"] not in best or _budget(r, meta) > _budget(best[r["seed"]], meta):
+        if r["seed"] not in best or (_budget(r, meta) or 0) > (_budget(best[r["seed"]], meta) or 0):
             best[r["seed"]] = r
     return [best[s] for s in sorted(best)]
 
@@ -128,7 +134,7 @@ def comparison(rows: list[dict], on_rows: list[dict], meta: dict) -> list[str]:
            "| task | BC recipe | algo | to 90% (median) | reached | best on-policy | its to 90% | ratio |",
            "|---|---|---|---|---|---|---|---|"]
     med = lambda xs: float(np.median(xs)) if xs else None  # noqa: E731
-    for task, recipe in sorted({(r["task"], _short(_recipe(r, meta))) for r in rows}):
+    for task, recipe in sorted({(r["task"], _ckpt(r, meta)) for r in rows}):
         best, ran, longest = None, False, 0
         for algo in [a for a in FAMILY if FAMILY[a] == "flow"]:  # the off-policy rows start from flow checkpoints
             rs = [r for r in on_rows if r["task"] == task and r["algo"] == algo and r.get("bc_recipe") == recipe]
@@ -139,7 +145,7 @@ def comparison(rows: list[dict], on_rows: list[dict], meta: dict) -> list[str]:
                 best = (algo, med(hit), f"{len(hit)}/{len(rs)}")
         for algo in ALGOS:
             rs = longest_per_seed([r for r in rows if r["task"] == task and r["algo"] == algo
-                                   and _short(_recipe(r, meta)) == recipe], meta)
+                                   and _ckpt(r, meta) == recipe], meta)
             if not rs:
                 continue
             hit = [r["env_steps_to_90"] for r in rs if r["env_steps_to_90"] is not None]
@@ -173,8 +179,7 @@ def write_report(data: dict, out: Path) -> None:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["task"], r["algo"], r["seed"])):
         recipe = _recipe(r, meta)
-        budget = r.get("env_steps_budget", meta.get("setup", {}).get("env_steps"))
-        lines.append(f"| {r['task']} | {r['algo']} | {r['seed']} | {recipe} | {_dash(budget)} | {r['start_success']:.2f} | {r['final_success']:.2f} | "
+        lines.append(f"| {r['task']} | {r['algo']} | {r['seed']} | {recipe} | {_dash(_budget(r, meta))} | {r['start_success']:.2f} | {r['final_success']:.2f} | "
                      f"{r['env_steps']} | {_dash(r['env_steps_to_90'])} | {_dash(r['wallclock_s_to_90'])} | "
                      f"{r['updates']} | {r['wallclock_s']:.0f} |")
     lines += comparison(rows, on_rows, meta)
@@ -183,7 +188,7 @@ def write_report(data: dict, out: Path) -> None:
               "outputs near-zero noise, so a 90% at the first evaluation (before any update: the first 4,000 env steps "
               "are base-policy warm-up) reflects that, not learning. The 3-demo rows fail whole layouts from any noise "
               "and are where DSRL's learning shows (drawer-open 0.40 -> 0.85-1.00 after 28-36k env steps)."]
-    lines += [""] + [f"![{t} {rc}]({plot_name(t, rc)})" for t, rc in sorted({(r["task"], _short(_recipe(r, meta))) for r in rows})] + [""]
+    lines += [""] + [f"![{t} {rc}]({plot_name(t, rc)})" for t, rc in sorted({(r["task"], _ckpt(r, meta)) for r in rows})] + [""]
     (out / "finetune_offpolicy.md").write_text("\n".join(lines))
     try:
         import matplotlib
@@ -192,9 +197,9 @@ def write_report(data: dict, out: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    for task, recipe in sorted({(r["task"], _short(_recipe(r, meta))) for r in rows}):
+    for task, recipe in sorted({(r["task"], _ckpt(r, meta)) for r in rows}):
         fig, ax = plt.subplots(figsize=(6, 3.8))
-        same = [r for r in rows if r["task"] == task and _short(_recipe(r, meta)) == recipe]
+        same = [r for r in rows if r["task"] == task and _ckpt(r, meta) == recipe]
         same = [r for a in ALGOS for r in longest_per_seed([r for r in same if r["algo"] == a], meta)]
         same += [r for r in on_rows if r["task"] == task and r.get("bc_recipe") == recipe]  # same checkpoint only
         for i, algo in enumerate(ALL):

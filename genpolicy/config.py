@@ -16,6 +16,7 @@ POLICY_TYPES = ("diffusion", "flow")
 SAMPLERS = {"diffusion": ("ddim", "ddpm"), "flow": ("euler", "heun", "midpoint", "shortcut", "adaptive")}
 BACKENDS = ("auto", "eager", "compiled", "cuda_graph")
 NETWORKS = ("mlp", "unet")
+IMAGE_ENCODERS = ("resnet18", "conv")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -85,8 +86,8 @@ class PolicyConfig:
         _check(self.type in POLICY_TYPES, f"policy.type must be one of {POLICY_TYPES}, got '{self.type}'")
         _check(self.sampler in SAMPLERS[self.type],
                f"policy.sampler='{self.sampler}' is not valid for policy.type='{self.type}'; use one of {SAMPLERS[self.type]}")
-        _check(self.image_encoder in ("resnet18", "conv"),
-               f"policy.image_encoder must be resnet18|conv, got '{self.image_encoder}'")
+        _check(self.image_encoder in IMAGE_ENCODERS,
+               f"policy.image_encoder must be {'|'.join(IMAGE_ENCODERS)}, got '{self.image_encoder}'")
         _check(self.network in NETWORKS, f"policy.network must be one of {NETWORKS}, got '{self.network}'")
         _check(self.n_obs_steps >= 1, f"policy.n_obs_steps must be >= 1, got {self.n_obs_steps}")
         _check(1 <= self.n_action_steps <= self.horizon,

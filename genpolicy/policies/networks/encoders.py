@@ -63,7 +63,7 @@ def _conv_trunk(channels: int = 32) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-IMAGE_ENCODERS = ("resnet18", "conv")
+TRUNKS = {"resnet18": (_groupnorm_resnet18, 512), "conv": (_conv_trunk, 32)}  # builder, output channels
 
 
 class ImageEncoder(nn.Module):
@@ -72,15 +72,16 @@ class ImageEncoder(nn.Module):
     def __init__(self, image_size: int, crop_ratio: float = 0.9, feature_dim: int = 64, num_kp: int = 32,
                  trunk: str = "resnet18") -> None:
         super().__init__()
-        if trunk not in IMAGE_ENCODERS:
-            raise ConfigError(f"policy.image_encoder must be one of {IMAGE_ENCODERS}, got '{trunk}'")
+        if trunk not in TRUNKS:
+            raise ConfigError(f"policy.image_encoder must be one of {tuple(TRUNKS)}, got '{trunk}'")
         self.crop = max(int(round(image_size * crop_ratio)), 8)
         if trunk == "resnet18" and math.ceil(self.crop / 32) < 2:
             # ResNet-18 downsamples 32x: a 1x1 feature map gives spatial softmax one location, so the image is ignored
             raise ConfigError(f"images of {image_size} px (crops of {self.crop}) give ResNet-18 a 1x1 feature map and "
                               f"the policy would ignore them; use policy.image_encoder=conv or larger images (crops of >= 33 px)")
-        self.trunk = _groupnorm_resnet18() if trunk == "resnet18" else _conv_trunk()
-        self.pool = SpatialSoftmax(512 if trunk == "resnet18" else 32, num_kp)
+        build, channels = TRUNKS[trunk]
+        self.trunk = build()
+        self.pool = SpatialSoftmax(channels, num_kp)
         self.proj = nn.Sequential(nn.Linear(2 * num_kp, feature_dim), nn.ReLU())
 
     def _crop(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
