@@ -29,7 +29,7 @@ from genpolicy.config import FinetuneConfig  # noqa: E402
 from genpolicy.finetune.ppo import finetune  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finetune_onpolicy import FAMILY, TASKS, _dash, append_row, resume_or_restart, weak_bc  # noqa: E402
+from finetune_onpolicy import FAMILY, TASKS, _dash, _name, append_row, resume_or_restart, weak_bc  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 ALGOS = ["dsrl", "expo"]
@@ -38,7 +38,8 @@ ALL = ["dppo", "fpo", "reinflow", "dsrl", "expo"]
 
 def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Path) -> dict:
     bc = weak_bc(task, "flow", args, work)
-    run_dir = work / f"{task.replace('/', '_')}_{algo}_{bc['recipe']}_b{args.env_steps}_seed{seed}"  # one per row
+    tag = f"_{args.tag}" if args.tag else ""
+    run_dir = work / f"{task.replace('/', '_')}_{algo}{tag}_{bc['recipe']}_b{args.env_steps}_seed{seed}"  # one per row
     overrides = [f"algo={algo}", f"ckpt={bc['ckpt']}", f"task={task}", "preset=metaworld", f"run.dir={run_dir}",
                  f"run.seed={seed}", "run.progress=false", f"offpolicy.env_steps={args.env_steps}", *args.overrides]
     cfg = compose("finetune", overrides + resume_or_restart(run_dir, overrides), FinetuneConfig)
@@ -49,7 +50,8 @@ def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Pat
             "wallclock_s": res["wallclock_s"], "env_steps_to_90": res["env_steps_to_90"],
             "wallclock_s_to_90": res["wallclock_s_to_90"], "updates": res["updates"], "curve": res["curve"],
             "eval_episodes": cfg.eval.n_episodes, "utd": cfg.offpolicy.utd, "critic_width": cfg.offpolicy.critic_width,
-            "bc_recipe": _args_recipe(args), "overrides": list(args.overrides), "env_steps_budget": args.env_steps}
+            "bc_recipe": _args_recipe(args), "overrides": list(args.overrides), "env_steps_budget": args.env_steps,
+            "tag": args.tag}
 
 
 def main() -> None:
@@ -66,6 +68,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--tag", default="", help="label for a variant (rows run with other overrides, e.g. dsrl.variant=na): "
+                    "part of the row's key and run directory, shown as 'algo [tag]'")
     ap.add_argument("overrides", nargs="*", help="extra finetune overrides, e.g. offpolicy.utd=1")
     args = ap.parse_args()
     if args.threads:
@@ -79,10 +83,10 @@ def main() -> None:
             for seed in args.seeds:
                 data = json.loads(js.read_text()) if js.exists() else {"rows": []}
                 meta = data.get("meta", {})
-                if any((r["task"], r["algo"], r["seed"], _recipe(r, meta), _budget(r, meta))
-                       == (task, algo, seed, _args_recipe(args), args.env_steps) for r in data["rows"]):
+                if any((r["task"], r["algo"], r["seed"], _recipe(r, meta), _budget(r, meta), r.get("tag", ""))
+                       == (task, algo, seed, _args_recipe(args), args.env_steps, args.tag) for r in data["rows"]):
                     continue
-                print(f"[bench] {task} {algo} seed {seed}", flush=True)
+                print(f"[bench] {task} {algo}{' [' + args.tag + ']' if args.tag else ''} seed {seed}", flush=True)
                 row = run_one(task, algo, seed, args, work)
                 print(f"[bench]   {row['start_success']:.2f} -> {row['final_success']:.2f}, "
                       f"to 90%: {row['env_steps_to_90']} env steps", flush=True)
@@ -143,8 +147,8 @@ def comparison(rows: list[dict], on_rows: list[dict], meta: dict) -> list[str]:
             longest = max([longest] + [r["env_steps"] for r in rs])
             if hit and (best is None or med(hit) < best[1]):
                 best = (algo, med(hit), f"{len(hit)}/{len(rs)}")
-        for algo in ALGOS:
-            rs = longest_per_seed([r for r in rows if r["task"] == task and r["algo"] == algo
+        for algo in sorted({_name(r) for r in rows}, key=lambda n: (ALGOS.index(n.split()[0]), n)):
+            rs = longest_per_seed([r for r in rows if r["task"] == task and _name(r) == algo
                                    and _ckpt(r, meta) == recipe], meta)
             if not rs:
                 continue
@@ -179,7 +183,7 @@ def write_report(data: dict, out: Path) -> None:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["task"], r["algo"], r["seed"])):
         recipe = _recipe(r, meta)
-        lines.append(f"| {r['task']} | {r['algo']} | {r['seed']} | {recipe} | {_dash(_budget(r, meta))} | {r['start_success']:.2f} | {r['final_success']:.2f} | "
+        lines.append(f"| {r['task']} | {_name(r)} | {r['seed']} | {recipe} | {_dash(_budget(r, meta))} | {r['start_success']:.2f} | {r['final_success']:.2f} | "
                      f"{r['env_steps']} | {_dash(r['env_steps_to_90'])} | {_dash(r['wallclock_s_to_90'])} | "
                      f"{r['updates']} | {r['wallclock_s']:.0f} |")
     lines += comparison(rows, on_rows, meta)
@@ -200,11 +204,13 @@ def write_report(data: dict, out: Path) -> None:
     for task, recipe in sorted({(r["task"], _ckpt(r, meta)) for r in rows}):
         fig, ax = plt.subplots(figsize=(6, 3.8))
         same = [r for r in rows if r["task"] == task and _ckpt(r, meta) == recipe]
-        same = [r for a in ALGOS for r in longest_per_seed([r for r in same if r["algo"] == a], meta)]
+        names = sorted({_name(r) for r in same}, key=lambda n: (ALGOS.index(n.split()[0]), n))
+        same = [r for a in names for r in longest_per_seed([r for r in same if _name(r) == a], meta)]
         same += [r for r in on_rows if r["task"] == task and r.get("bc_recipe") == recipe]  # same checkpoint only
-        for i, algo in enumerate(ALL):
-            for j, r in enumerate([r for r in same if r["algo"] == algo]):
-                ax.plot([p["env_steps"] for p in r["curve"]], [p["success_rate"] for p in r["curve"]], color=f"C{i}",
+        labels = [a for a in ALL if a not in ALGOS] + names + sorted({_name(r) for r in same} - set(ALL) - set(names))
+        for i, algo in enumerate(labels):
+            for j, r in enumerate([r for r in same if _name(r) == algo]):
+                ax.plot([p["env_steps"] for p in r["curve"]], [p["success_rate"] for p in r["curve"]], color=f"C{i % 10}",
                         alpha=0.8, label=algo if j == 0 else None)
         ax.axhline(0.9, color="gray", ls="--", lw=0.8)
         ax.set(title=f"{task.split('/')[-1]} ({recipe})", xlabel="env steps", ylabel="success", ylim=(-0.02, 1.02))

@@ -359,6 +359,9 @@ class OffPolicyConfig:
         _check(0 < self.gamma <= 1 and 0 < self.tau <= 1, "offpolicy.gamma and offpolicy.tau must be in (0, 1]")
 
 
+DSRL_SAMPLERS = ("ddim", "euler", "shortcut", "heun", "midpoint")  # deterministic noise -> chunk maps
+
+
 @dataclass
 class DSRLConfig:
     variant: str = "na"  # sac: SAC over the noise w | na: noise-aliased (Q^A on chunks, Q^W distilled, actor on Q^W)
@@ -369,10 +372,18 @@ class DSRLConfig:
     qw_steps: int = 1  # NA: Q^W distillation steps per update
     backup_entropy: bool = False  # the entropy term in the TD backup; off: with sparse 0/1 rewards it swamps them
     target_entropy: float = -1.0  # per noise dimension (SAC's -|A| is -1.0); the reference NA uses 0.0 in total
+    # the base map's sampler (acting, NA's backups and distillation), saved with the steered policy; empty/0 keeps the
+    # checkpoint's (diffusion: DDIM eta=0). NA decodes 2 x B chunks per update: `sampler=shortcut steps=1` (flow
+    # policies trained with the shortcut head) cuts that by the step count
+    sampler: str = ""
+    steps: int = 0
 
     def __post_init__(self) -> None:
         _check(self.variant in ("sac", "na"), f"dsrl.variant must be sac|na, got '{self.variant}'")
         _check(self.action_magnitude > 0, f"dsrl.action_magnitude must be > 0, got {self.action_magnitude}")
+        _check(self.sampler in ("",) + DSRL_SAMPLERS,
+               f"dsrl.sampler must be a deterministic map ({'|'.join(DSRL_SAMPLERS)}), got '{self.sampler}'")
+        _check(self.steps >= 0, f"dsrl.steps must be >= 0, got {self.steps}")
 
 
 @dataclass

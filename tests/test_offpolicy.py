@@ -141,3 +141,22 @@ def test_expo_candidate_sampler_is_the_tuned_policys(toy_bc_ckpts, tmp_path) -> 
     with pytest.raises(ConfigError, match="shortcut=true"):  # this checkpoint was trained without the shortcut head
         make_offpolicy_algo("expo", bc, _cfg("expo", toy_bc_ckpts["flow"], tmp_path, "expo.sampler=shortcut",
                                              "expo.steps=1"), torch.device("cpu"))
+
+
+def test_dsrl_base_map_sampler_is_the_steered_policys(toy_bc_ckpts, tmp_path) -> None:
+    """dsrl.sampler/steps set the noise -> chunk map (acting and NA's backups), are saved with the policy, and a
+    stochastic or wrong-family sampler is refused by name."""
+    from genpolicy.errors import ConfigError
+
+    bc = load_policy(toy_bc_ckpts["flow"])
+    algo = make_offpolicy_algo("dsrl", bc, _cfg("dsrl", toy_bc_ckpts["flow"], tmp_path, "dsrl.variant=na",
+                                                "dsrl.sampler=midpoint", "dsrl.steps=2"), torch.device("cpu"))
+    assert (algo.policy.cfg.sampler, algo.policy.grid.n_steps) == ("midpoint", 2) != (bc.cfg.sampler, bc.cfg.steps)
+    cond, w = algo.policy.encode({"state": torch.zeros(3, 1, 2)}), torch.randn(3, 16)
+    direct = algo.policy.sample(cond, noise=w.view(3, 8, 2)).clamp(-1, 1).reshape(3, -1)
+    torch.testing.assert_close(algo._decode(cond, w), direct, rtol=0, atol=1e-5)  # the critic sees the executed map
+    with pytest.raises(ConfigError, match="dsrl.sampler"):
+        _cfg("dsrl", toy_bc_ckpts["flow"], tmp_path, "dsrl.sampler=ddpm")
+    with pytest.raises(ConfigError, match="dsrl.sampler=ddim"):
+        make_offpolicy_algo("dsrl", bc, _cfg("dsrl", toy_bc_ckpts["flow"], tmp_path, "dsrl.sampler=ddim"),
+                            torch.device("cpu"))

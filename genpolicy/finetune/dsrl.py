@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from genpolicy.errors import ConfigError
 from genpolicy.finetune.offpolicy import QEnsemble, Temperature, soft_update, td_target
 from genpolicy.finetune.ppo import policy_for_finetuning
 
@@ -33,6 +34,10 @@ class DSRL:
             changes.update(sampler="ddim", eta=0.0)  # deterministic map from w to the chunk
         elif bc.cfg.sampler not in ("euler", "shortcut", "heun", "midpoint"):
             changes["sampler"] = "euler"
+        if c.sampler and (c.sampler == "ddim") != (bc.cfg.type == "diffusion"):
+            raise ConfigError(f"dsrl.sampler={c.sampler} does not fit this '{bc.cfg.type}' checkpoint "
+                              f"({'ddim' if bc.cfg.type == 'diffusion' else 'euler|shortcut|heun|midpoint'})")
+        changes.update({k: v for k, v in (("sampler", c.sampler), ("steps", c.steps)) if v})  # PolicyConfig validates
         self.policy = policy_for_finetuning(bc, "dsrl", bc.cfg.type, device, **changes)
         self.policy.requires_grad_(False)
         self.policy.steer.requires_grad_(True)  # the only trainable part: the base weights never change
