@@ -24,6 +24,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -99,14 +100,19 @@ def weak_bc(task: str, family: str, args: argparse.Namespace, work: Path) -> dic
     return info
 
 
+BUDGET = "ppo.iterations="  # the one setting a run keeps when it changes: a larger budget extends the same run
+
+
 def resume_or_restart(run_dir: Path, overrides: list[str]) -> list[str]:
-    """A row missing from the JSON had its run interrupted: resume it from its last checkpoint when it was started with
-    the same overrides (fine-tuning resumes exactly: weights, optimisers, RNGs, curve, wall-clock), else start over.
-    Returns the extra override for `compose`."""
+    """A row missing from the JSON had its run interrupted (or, with --extend, ran out of iterations): resume it from
+    its last checkpoint when it was started with the same overrides, the iteration budget aside (fine-tuning resumes
+    exactly: weights, optimisers, RNGs, curve, wall-clock), else start over. Returns the extra override for `compose`."""
     stamp = run_dir / "bench_overrides.json"
+    same = lambda a, b: [o for o in a if not o.startswith(BUDGET)] == [o for o in b if not o.startswith(BUDGET)]  # noqa: E731
     if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").glob("it_*")) and stamp.exists() \
-            and json.loads(stamp.read_text()) == overrides:
+            and same(json.loads(stamp.read_text()), overrides):
         print(f"[bench]   resuming {run_dir}", flush=True)
+        stamp.write_text(json.dumps(overrides))
         return ["run.resume=true"]
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -114,10 +120,21 @@ def resume_or_restart(run_dir: Path, overrides: list[str]) -> list[str]:
     return []
 
 
+def stamped_iterations(run_dir: Path) -> int:
+    """The iteration budget a benchmark run was last started with (0 if unknown)."""
+    stamp = run_dir / "bench_overrides.json"
+    found = [o for o in (json.loads(stamp.read_text()) if stamp.exists() else []) if o.startswith(BUDGET)]
+    return int(found[-1][len(BUDGET):]) if found else 0
+
+
+def row_dir(task: str, algo: str, seed: int, recipe: str, args: argparse.Namespace, work: Path) -> Path:
+    tag = f"_{args.tag}" if args.tag else ""
+    return work / f"{task.replace('/', '_')}_{algo}_{recipe}{tag}_seed{seed}"  # one directory per row
+
+
 def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Path) -> dict:
     bc = weak_bc(task, FAMILY[algo], args, work)
-    tag = f"_{args.tag}" if args.tag else ""
-    run_dir = work / f"{task.replace('/', '_')}_{algo}_{bc['recipe']}{tag}_seed{seed}"  # one directory per row
+    run_dir = row_dir(task, algo, seed, bc["recipe"], args, work)
     if is_locomotion(task):
         preset, per_algo = "locomotion", []
     else:
@@ -159,6 +176,9 @@ def main() -> None:
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--tag", default="", help="label for a variant (rows run with other overrides): part of the row's "
                     "key and run directory, so it sits next to the default row instead of being skipped")
+    ap.add_argument("--extend", action="store_true",
+                    help="rerun rows whose run was started with fewer than --iterations: it resumes from its last "
+                         "checkpoint and the longer run replaces the row")
     ap.add_argument("overrides", nargs="*", help="extra finetune overrides, e.g. ppo.n_envs=8")
     args = ap.parse_args()
     if args.threads:
@@ -173,27 +193,31 @@ def main() -> None:
             for seed in args.seeds:
                 data = json.loads(js.read_text()) if js.exists() else {"rows": []}
                 recipe = bc_recipe(task, FAMILY[algo], args)
-                if any((r["task"], r["algo"], r["seed"], r["bc_recipe"], r.get("tag", "")) == (task, algo, seed, recipe, args.tag)
-                       for r in data["rows"]):
+                key = (task, algo, seed, recipe, args.tag)
+                row_key = lambda r: (r["task"], r["algo"], r["seed"], r["bc_recipe"], r.get("tag", ""))  # noqa: E731
+                if any(row_key(r) == key for r in data["rows"]) and not (
+                        args.extend and 0 < stamped_iterations(row_dir(*key[:3], recipe, args, work)) < args.iterations):
                     continue
                 print(f"[bench] {task} {algo} seed {seed}", flush=True)
                 row = run_one(task, algo, seed, args, work)
                 print(f"[bench]   success {row['start_success']:.2f} -> {row['final_success']:.2f}, return "
                       f"{row['start_return']:.0f} -> {row['final_return']:.0f}, to 90%: {row['env_steps_to_90']} env steps",
                       flush=True)
-                append_row(js, row, vars(args) | {"overrides": args.overrides})
+                append_row(js, row, vars(args) | {"overrides": args.overrides}, replaces=lambda r: row_key(r) == key)
     if js.exists():
         data = json.loads(js.read_text())
         write_report(data, out)
 
 
-def append_row(js: Path, row: dict, setup: dict, keep_first_setup: bool = False) -> None:
+def append_row(js: Path, row: dict, setup: dict, keep_first_setup: bool = False,
+               replaces: Optional[Callable[[dict], bool]] = None) -> None:
     """Add one row to a results JSON under a file lock (several workers share it), recording the command, versions,
-    machine and setup; written to a temporary file and renamed, so the JSON is never half-written."""
+    machine and setup; rows matching `replaces` (the shorter run an extended one supersedes) are dropped. Written to a
+    temporary file and renamed, so the JSON is never half-written."""
     with open(js.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = json.loads(js.read_text()) if js.exists() else {"rows": []}
-        data["rows"].append(row)
+        data["rows"] = [r for r in data["rows"] if not (replaces and replaces(r))] + [row]
         meta = data.setdefault("meta", {})
         cmd = ".venv/bin/python " + " ".join(sys.argv)
         if cmd not in meta.setdefault("commands", []):
