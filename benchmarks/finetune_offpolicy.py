@@ -176,7 +176,10 @@ def write_report(data: dict, out: Path) -> None:
              "preset). Env steps count every executed step (chunk size included). Settings: `preset=metaworld` "
              "(offpolicy / dsrl / expo sections: 4 envs, utd 1, critics 2x256, DSRL-SAC, action magnitude 1.5; EXPO: 4 "
              "critic heads, 4 base + 4 edited candidates, decoded with the flow's one-step shortcut sampler, "
-             "`expo.sampler=shortcut expo.steps=1`, about 10x cheaper per update than Euler-10). `budget` is the "
+             "`expo.sampler=shortcut expo.steps=1`, about 10x cheaper per update than Euler-10). Rows tagged `na_sc1`: "
+             "DSRL-NA (`dsrl.variant=na`: Q on executed chunks, a noise critic distilled from it) with the base map "
+             "decoded by the same one-step shortcut sampler (`dsrl.sampler=shortcut dsrl.steps=1`); untagged DSRL rows "
+             "are DSRL-SAC on the checkpoint's Euler-10 map. `budget` is the "
              "run's env-step budget; a row's overrides are in the JSON. "
              "Success: 20 held-out episodes of the steered policy, deterministic noise actor.", "",
              "| task | algo | seed | weak BC recipe | budget | start | final | env steps | to 90% (env steps) | to 90% (s) | updates | wall s |",
