@@ -359,7 +359,8 @@ class OffPolicyConfig:
         _check(0 < self.gamma <= 1 and 0 < self.tau <= 1, "offpolicy.gamma and offpolicy.tau must be in (0, 1]")
 
 
-DSRL_SAMPLERS = ("ddim", "euler", "shortcut", "heun", "midpoint")  # deterministic noise -> chunk maps
+DSRL_FLOW_SAMPLERS = ("euler", "shortcut", "heun", "midpoint")  # deterministic noise -> chunk maps of a flow
+DSRL_SAMPLERS = ("ddim",) + DSRL_FLOW_SAMPLERS  # ... and of a diffusion policy (DDIM, eta = 0)
 
 
 @dataclass

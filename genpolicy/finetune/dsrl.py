@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from genpolicy.config import DSRL_FLOW_SAMPLERS
 from genpolicy.errors import ConfigError
 from genpolicy.finetune.offpolicy import QEnsemble, Temperature, soft_update, td_target
 from genpolicy.finetune.ppo import policy_for_finetuning
@@ -32,11 +33,11 @@ class DSRL:
                                    "steer_depth": c.depth}
         if bc.cfg.type == "diffusion":
             changes.update(sampler="ddim", eta=0.0)  # deterministic map from w to the chunk
-        elif bc.cfg.sampler not in ("euler", "shortcut", "heun", "midpoint"):
+        elif bc.cfg.sampler not in DSRL_FLOW_SAMPLERS:
             changes["sampler"] = "euler"
         if c.sampler and (c.sampler == "ddim") != (bc.cfg.type == "diffusion"):
             raise ConfigError(f"dsrl.sampler={c.sampler} does not fit this '{bc.cfg.type}' checkpoint "
-                              f"({'ddim' if bc.cfg.type == 'diffusion' else 'euler|shortcut|heun|midpoint'})")
+                              f"({'ddim' if bc.cfg.type == 'diffusion' else '|'.join(DSRL_FLOW_SAMPLERS)})")
         changes.update({k: v for k, v in (("sampler", c.sampler), ("steps", c.steps)) if v})  # PolicyConfig validates
         self.policy = policy_for_finetuning(bc, "dsrl", bc.cfg.type, device, **changes)
         self.policy.requires_grad_(False)
