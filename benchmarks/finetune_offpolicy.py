@@ -121,6 +121,11 @@ def _ckpt(row: dict, meta: dict) -> str:
     return _short(_recipe(row, meta))
 
 
+def variants(rows: list[dict]) -> list[str]:
+    """The off-policy rows' algorithm labels ('dsrl', 'dsrl [na_sc1]', 'expo', ...) in report order."""
+    return sorted({_name(r) for r in rows}, key=lambda n: (ALGOS.index(n.split()[0]), n))
+
+
 def longest_per_seed(rows: list[dict], meta: dict) -> list[dict]:
     """One row per seed: the run with the largest env-step budget (a longer rerun supersedes a short probe)."""
     best: dict[int, dict] = {}
@@ -147,7 +152,7 @@ def comparison(rows: list[dict], on_rows: list[dict], meta: dict) -> list[str]:
             longest = max([longest] + [r["env_steps"] for r in rs])
             if hit and (best is None or med(hit) < best[1]):
                 best = (algo, med(hit), f"{len(hit)}/{len(rs)}")
-        for algo in sorted({_name(r) for r in rows}, key=lambda n: (ALGOS.index(n.split()[0]), n)):
+        for algo in variants(rows):
             rs = longest_per_seed([r for r in rows if r["task"] == task and _name(r) == algo
                                    and _ckpt(r, meta) == recipe], meta)
             if not rs:
@@ -207,7 +212,7 @@ def write_report(data: dict, out: Path) -> None:
     for task, recipe in sorted({(r["task"], _ckpt(r, meta)) for r in rows}):
         fig, ax = plt.subplots(figsize=(6, 3.8))
         same = [r for r in rows if r["task"] == task and _ckpt(r, meta) == recipe]
-        names = sorted({_name(r) for r in same}, key=lambda n: (ALGOS.index(n.split()[0]), n))
+        names = variants(same)
         same = [r for a in names for r in longest_per_seed([r for r in same if _name(r) == a], meta)]
         same += [r for r in on_rows if r["task"] == task and r.get("bc_recipe") == recipe]  # same checkpoint only
         labels = [a for a in ALL if a not in ALGOS] + names + sorted({_name(r) for r in same} - set(ALL) - set(names))
