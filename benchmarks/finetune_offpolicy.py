@@ -33,7 +33,6 @@ from finetune_onpolicy import FAMILY, TASKS, _dash, _name, append_row, resume_or
 
 OUT = Path(__file__).resolve().parent / "results"
 ALGOS = ["dsrl", "expo"]
-ALL = ["dppo", "fpo", "reinflow", "dsrl", "expo"]
 
 
 def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Path) -> dict:
@@ -135,23 +134,41 @@ def longest_per_seed(rows: list[dict], meta: dict) -> list[dict]:
     return [best[s] for s in sorted(best)]
 
 
+def _demos(recipe: str) -> str:
+    """'d10_n1.0_t0.3_s120' -> 'd10_n1.0_t0.3': the demonstration set, whatever the BC steps."""
+    return recipe.rsplit("_s", 1)[0]
+
+
+def on_policy_groups(on_rows: list[dict], task: str, recipe: str) -> dict[str, list[dict]]:
+    """On-policy rows on the same task and demonstrations, by label. DPPO needs a diffusion checkpoint, so it shares
+    the demonstrations, not the checkpoint; a label names the checkpoint when it is not `recipe`'s."""
+    groups: dict[str, list[dict]] = {}
+    for r in on_rows:
+        if r["task"] == task and r.get("bc_recipe") and _demos(r["bc_recipe"]) == _demos(recipe):
+            other = "" if FAMILY[r["algo"]] == "flow" and r["bc_recipe"] == recipe else f" ({FAMILY[r['algo']]} {r['bc_recipe']})"
+            groups.setdefault(_name(r) + other, []).append(r)
+    return {k: groups[k] for k in sorted(groups)}
+
+
 def comparison(rows: list[dict], on_rows: list[dict], meta: dict) -> list[str]:
-    """Env steps to 90%: each off-policy algorithm against the best on-policy one on the same task and checkpoint."""
-    out = ["", "## Env steps to 90% against the best on-policy algorithm (same task, same BC checkpoint)", "",
-           "Median over the seeds that reached 90% (reached / run; per seed the run with the largest budget). Ratio = best on-policy median / off-policy median; where no on-policy run reached 90%, "
-           "its longest run's env steps over the off-policy median bound the ratio from below.", "",
+    """Env steps to 90%: each off-policy algorithm against the best on-policy one on the same task and demonstrations."""
+    out = ["", "## Env steps to 90% against the best on-policy algorithm (same task, same demonstrations)", "",
+           "Median over the seeds that reached 90% (reached / run; per seed the run with the largest budget). The "
+           "on-policy candidates are every algorithm and variant run from the same demonstrations: the same flow "
+           "checkpoint, or for DPPO a diffusion checkpoint trained on them (named in brackets). Ratio = best on-policy "
+           "median / off-policy median; where no on-policy run reached 90%, its longest run's env steps over the "
+           "off-policy median bound the ratio from below.", "",
            "| task | BC recipe | algo | to 90% (median) | reached | best on-policy | its to 90% | ratio |",
            "|---|---|---|---|---|---|---|---|"]
     med = lambda xs: float(np.median(xs)) if xs else None  # noqa: E731
     for task, recipe in sorted({(r["task"], _ckpt(r, meta)) for r in rows}):
-        best, ran, longest = None, False, 0
-        for algo in [a for a in FAMILY if FAMILY[a] == "flow"]:  # the off-policy rows start from flow checkpoints
-            rs = [r for r in on_rows if r["task"] == task and r["algo"] == algo and r.get("bc_recipe") == recipe]
+        best, longest = None, 0
+        groups = on_policy_groups(on_rows, task, recipe)
+        for label, rs in groups.items():
             hit = [r["env_steps_to_90"] for r in rs if r["env_steps_to_90"] is not None]
-            ran = ran or bool(rs)
             longest = max([longest] + [r["env_steps"] for r in rs])
             if hit and (best is None or med(hit) < best[1]):
-                best = (algo, med(hit), f"{len(hit)}/{len(rs)}")
+                best = (label, med(hit), f"{len(hit)}/{len(rs)}")
         for algo in variants(rows):
             rs = longest_per_seed([r for r in rows if r["task"] == task and _name(r) == algo
                                    and _ckpt(r, meta) == recipe], meta)
@@ -160,10 +177,10 @@ def comparison(rows: list[dict], on_rows: list[dict], meta: dict) -> list[str]:
             hit = [r["env_steps_to_90"] for r in rs if r["env_steps_to_90"] is not None]
             m = med(hit)
             ratio = f"{best[1] / m:.1f}x" if best and m else "-"
-            if not best and ran and m:  # on-policy never got there: its longest run bounds the ratio from below
+            if not best and groups and m:  # on-policy never got there: its longest run bounds the ratio from below
                 ratio = f"> {longest / m:.1f}x"
             out.append(f"| {task} | {recipe} | {algo} | {_dash(None if m is None else int(m))} | {len(hit)}/{len(rs)} | "
-                       f"{best[0] + ' (' + best[2] + ')' if best else (f'none reached 90% in {longest} env steps' if ran else 'not run')} | "
+                       f"{best[0] + ' (' + best[2] + ')' if best else (f'none reached 90% in {longest} env steps' if groups else 'not run')} | "
                        f"{_dash(None if not best else int(best[1]))} | {ratio} |")
     return out
 
@@ -210,19 +227,20 @@ def write_report(data: dict, out: Path) -> None:
     except ImportError:
         return
     for task, recipe in sorted({(r["task"], _ckpt(r, meta)) for r in rows}):
-        fig, ax = plt.subplots(figsize=(6, 3.8))
+        fig, ax = plt.subplots(figsize=(7, 4.2))
         same = [r for r in rows if r["task"] == task and _ckpt(r, meta) == recipe]
-        names = variants(same)
-        same = [r for a in names for r in longest_per_seed([r for r in same if _name(r) == a], meta)]
-        same += [r for r in on_rows if r["task"] == task and r.get("bc_recipe") == recipe]  # same checkpoint only
-        labels = [a for a in ALL if a not in ALGOS] + names + sorted({_name(r) for r in same} - set(ALL) - set(names))
-        for i, algo in enumerate(labels):
-            for j, r in enumerate([r for r in same if _name(r) == algo]):
+        groups = {a: longest_per_seed([r for r in same if _name(r) == a], meta) for a in variants(same)}
+        groups |= on_policy_groups(on_rows, task, recipe)
+        for i, (label, rs) in enumerate(groups.items()):  # one colour per algorithm, one line style per seed
+            for j, r in enumerate(rs):
                 ax.plot([p["env_steps"] for p in r["curve"]], [p["success_rate"] for p in r["curve"]], color=f"C{i % 10}",
-                        alpha=0.8, label=algo if j == 0 else None)
+                        ls=["-", "--", ":"][r["seed"] % 3], alpha=0.8, label=f"{label}, n={len(rs)}" if j == 0 else None)
         ax.axhline(0.9, color="gray", ls="--", lw=0.8)
-        ax.set(title=f"{task.split('/')[-1]} ({recipe})", xlabel="env steps", ylabel="success", ylim=(-0.02, 1.02))
-        ax.legend(fontsize=7)
+        # on-policy runs use 10-20x the env steps: a log axis above 10k keeps both readable
+        ax.set_xscale("symlog", linthresh=10_000)
+        ax.set(title=f"{task.split('/')[-1]}: demos {_demos(recipe)}, flow checkpoint {recipe}",
+               xlabel="env steps (log scale above 10k)", ylabel="success", ylim=(-0.02, 1.02), xlim=(0, None))
+        ax.legend(fontsize=6.5, loc="lower right")
         fig.tight_layout()
         fig.savefig(out / plot_name(task, recipe), dpi=110)
         plt.close(fig)

@@ -52,3 +52,21 @@ def test_an_extended_row_replaces_the_shorter_one(tmp_path: Path) -> None:
 
     rows = json.loads(js.read_text())["rows"]
     assert sorted((r["seed"], r["env_steps"]) for r in rows) == [(0, 20), (1, 10)]
+
+
+def test_off_policy_rows_are_compared_with_every_on_policy_run_on_the_same_demos() -> None:
+    from finetune_offpolicy import comparison
+
+    def row(algo: str, recipe: str, seed: int, to90: int | None, tag: str = "") -> dict:
+        return {"task": "metaworld/t", "algo": algo, "seed": seed, "bc_recipe": recipe, "tag": tag,
+                "env_steps": 500_000, "env_steps_to_90": to90, "env_steps_budget": 50_000}
+
+    on = [row("fpo", "d3_n1.0_t0.3_s300", s, 300_000) for s in range(3)]
+    on += [row("dppo", "d3_n1.0_t0.3_s60", s, 120_000, tag="std20") for s in range(3)]  # diffusion ckpt, same demos
+    on += [row("reinflow", "d10_n1.0_t0.3_s120", s, 1_000) for s in range(3)]  # other demos: not a candidate
+    off = [row("dsrl", "3 demos, noise 1.0, detour 0.3, 300 BC steps", s, t) for s, t in [(0, 20_000), (1, 40_000), (2, None)]]
+    lines = [ln for ln in comparison(off, on, {}) if ln.startswith("| metaworld/t")]
+    assert len(lines) == 1
+    cells = [c.strip() for c in lines[0].strip("|").split("|")]
+    # median of the two seeds that got there; the best candidate is DPPO on its diffusion checkpoint
+    assert cells[3:] == ["30000", "2/3", "dppo [std20] (diffusion d3_n1.0_t0.3_s60) (3/3)", "120000", "4.0x"]
