@@ -5,7 +5,7 @@ Locomotion tasks (gym/hopper-v5, gym/walker2d-v5) need their SAC expert first (`
 For each task: a weak BC policy per family (few, noisy scripted demonstrations; diffusion for DPPO, flow for FPO and
 ReinFlow), then `finetune()` per algorithm and seed with the `metaworld` preset (configs/preset/metaworld.yaml).
 Writes benchmarks/results/finetune_onpolicy.md, .json (a list `rows`, one per algorithm, task and seed) and
-finetune_onpolicy.png (success versus env steps, mean over seeds). Rows are appended as they finish; a rerun skips
+finetune_onpolicy.png (success or return versus env steps, one line per seed). Rows are appended as they finish; a rerun skips
 rows already present, so several workers (one per seed, --threads 1) can share the file. A row whose run was
 interrupted (Ctrl-C, SIGTERM: fine-tuning saves a checkpoint first) resumes from its last checkpoint on the next
 invocation with the same settings.
@@ -28,6 +28,7 @@ from typing import Callable, Optional
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from genpolicy.cli import compose  # noqa: E402
@@ -235,6 +236,42 @@ def _name(row: dict) -> str:
     return row["algo"] + (f" [{row['tag']}]" if row.get("tag") else "")
 
 
+def summary(rows: list[dict]) -> list[str]:
+    """Per task, algorithm variant and BC checkpoint: how many seeds reached the target, and how fast.
+
+    Meta-World: 90% success, with the median (min-max) env steps and seconds to it. Locomotion: a +30% return gain."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: (is_locomotion(r["task"]), r["task"], _name(r), r.get("bc_recipe", ""), r["seed"])):
+        groups.setdefault((r["task"], _name(r), r.get("bc_recipe", "-")), []).append(r)
+    out = ["", "## Summary per algorithm variant and checkpoint", "",
+           "Meta-World target: 90% success; locomotion target: final return >= 1.3x the BC policy's. Medians over "
+           "the seeds that reached the target.", "",
+           "| task | algo | BC recipe | seeds | reached target | start | final | to 90%: env steps, median (min-max) | to 90%: s, median | gains |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for (task, name, recipe), rs in groups.items():
+        seeds = ",".join(str(r["seed"]) for r in rs)
+        if is_locomotion(task):
+            gains = [r["final_return"] / r["start_return"] - 1 for r in rs]
+            out.append(f"| {task} | {name} | {recipe} | {seeds} | {sum(g >= 0.3 for g in gains)}/{len(rs)} | "
+                       f"{np.mean([r['start_return'] for r in rs]):.0f} | {np.mean([r['final_return'] for r in rs]):.0f} | - | - | "
+                       + ", ".join(f"{g:+.0%}" for g in gains) + " |")
+            continue
+        hit = [r for r in rs if r["env_steps_to_90"] is not None]
+        steps = sorted(r["env_steps_to_90"] for r in hit)
+        span = f"{int(np.median(steps))} ({steps[0]}-{steps[-1]})" if steps else "-"
+        secs = f"{np.median([r['wallclock_s_to_90'] for r in hit]):.0f}" if hit else "-"
+        out.append(f"| {task} | {name} | {recipe} | {seeds} | {len(hit)}/{len(rs)} | "
+                   f"{np.mean([r['start_success'] for r in rs]):.2f} | {np.mean([r['final_success'] for r in rs]):.2f} | "
+                   f"{span} | {secs} | - |")
+    return out
+
+
+def _plot_label(r: dict) -> str:
+    """'fpo [clip05_mc8]', with the BC recipe when it is not the suite's usual one (10 demos, or the SAC expert's)."""
+    other = r.get("bc_recipe") and not str(r["bc_recipe"]).startswith(("d10_", "sac"))
+    return _name(r) + (f" ({r['bc_recipe']})" if other else "")
+
+
 def _dash(v: object) -> str:
     return "-" if v is None else str(v)  # 0 env steps to 90% is a value, not a miss
 
@@ -259,6 +296,7 @@ def write_report(data: dict, out: Path) -> None:
                      f"{r['start_success']:.2f} | "
                      f"{r['final_success']:.2f} | {r['env_steps']} | {_dash(r['env_steps_to_90'])} | "
                      f"{_dash(r['wallclock_s_to_90'])} | {r['wallclock_s']:.0f} | {' '.join(r.get('overrides', [])) or '-'} |")
+    lines += summary(rows)
     loco = [r for r in rows if is_locomotion(r["task"])]
     if loco:
         lines += ["", "## Locomotion (return; `preset=locomotion`)", "",
@@ -290,18 +328,23 @@ def write_report(data: dict, out: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    tasks = sorted({r["task"] for r in rows})
-    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(5 * max(1, len(tasks)), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        for i, algo in enumerate(FAMILY):  # one colour per algorithm, one line style per seed
-            rs = [r for r in rows if r["task"] == task and r["algo"] == algo]
-            for r in rs:
-                key = "mean_return" if is_locomotion(task) else "success_rate"
-                xs = [p["env_steps"] for p in r["curve"]]
-                ys = [p[key] for p in r["curve"]]
-                other = r.get("bc_recipe") and not str(r["bc_recipe"]).startswith(("d10_", "sac"))
-                ax.plot(xs, ys, alpha=0.8, color=f"C{i + (3 if other else 0) + (6 if r.get('tag') else 0)}", ls=["-", "--", ":"][r["seed"] % 3],
-                        label=f"{_name(r)} s{r['seed']}" + (f" ({r['bc_recipe']})" if other else ""))
+    # one row of panels per suite; one colour per algorithm variant and checkpoint, one line style per seed
+    suites = [sorted({r["task"] for r in rows if is_locomotion(r["task"]) == loco}) for loco in (False, True)]
+    suites = [ts for ts in suites if ts]
+    ncol = max([1] + [len(ts) for ts in suites])
+    fig, axes = plt.subplots(max(1, len(suites)), ncol, figsize=(5.5 * ncol, 4.2 * max(1, len(suites))), squeeze=False)
+    labels = sorted({_plot_label(r) for r in rows})  # the same colour for a label in every panel
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for ax, task in [(axes[i][j], t) for i, ts in enumerate(suites) for j, t in enumerate(ts)]:
+        ax.set_visible(True)
+        rs = sorted([r for r in rows if r["task"] == task], key=lambda r: (r["algo"], r.get("tag", ""), r["bc_recipe"], r["seed"]))
+        for r in rs:
+            key = "mean_return" if is_locomotion(task) else "success_rate"
+            first = r is next(q for q in rs if _plot_label(q) == _plot_label(r))
+            ax.plot([p["env_steps"] for p in r["curve"]], [p[key] for p in r["curve"]], alpha=0.8,
+                    color=f"C{labels.index(_plot_label(r)) % 10}", ls=["-", "--", ":"][r["seed"] % 3],
+                    label=f"{_plot_label(r)}, n={sum(_plot_label(q) == _plot_label(r) for q in rs)}" if first else None)
         ax.set_title(task.split("/")[-1])
         ax.set_xlabel("env steps")
         if is_locomotion(task):
