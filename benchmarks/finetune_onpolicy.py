@@ -338,13 +338,15 @@ def write_report(data: dict, out: Path) -> None:
         ax.set_visible(False)
     for ax, task in [(axes[i][j], t) for i, ts in enumerate(suites) for j, t in enumerate(ts)]:
         ax.set_visible(True)
-        rs = sorted([r for r in rows if r["task"] == task], key=lambda r: (r["algo"], r.get("tag", ""), r["bc_recipe"], r["seed"]))
-        for r in rs:
-            key = "mean_return" if is_locomotion(task) else "success_rate"
-            first = r is next(q for q in rs if _plot_label(q) == _plot_label(r))
-            ax.plot([p["env_steps"] for p in r["curve"]], [p[key] for p in r["curve"]], alpha=0.8,
-                    color=f"C{labels.index(_plot_label(r)) % 10}", ls=["-", "--", ":"][r["seed"] % 3],
-                    label=f"{_plot_label(r)}, n={sum(_plot_label(q) == _plot_label(r) for q in rs)}" if first else None)
+        groups: dict[str, list[dict]] = {}
+        for r in sorted([r for r in rows if r["task"] == task], key=lambda r: (r["algo"], r.get("tag", ""), r["bc_recipe"], r["seed"])):
+            groups.setdefault(_plot_label(r), []).append(r)
+        key = "mean_return" if is_locomotion(task) else "success_rate"
+        for label, rs in groups.items():
+            for j, r in enumerate(rs):
+                ax.plot([p["env_steps"] for p in r["curve"]], [p[key] for p in r["curve"]], alpha=0.8,
+                        color=f"C{labels.index(label) % 10}", ls=["-", "--", ":"][r["seed"] % 3],
+                        label=f"{label}, n={len(rs)}" if j == 0 else None)
         ax.set_title(task.split("/")[-1])
         ax.set_xlabel("env steps")
         if is_locomotion(task):
