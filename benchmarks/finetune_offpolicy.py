@@ -36,9 +36,10 @@ ALGOS = ["dsrl", "expo"]
 
 
 def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Path) -> dict:
-    bc = weak_bc(task, "flow", args, work)
+    bc = weak_bc(task, args.family, args, work)
     tag = f"_{args.tag}" if args.tag else ""
-    run_dir = work / f"{task.replace('/', '_')}_{algo}{tag}_{bc['recipe']}_b{args.env_steps}_seed{seed}"  # one per row
+    fam = "" if args.family == "flow" else f"_{args.family}"  # flow rows keep the run directories they were made with
+    run_dir = work / f"{task.replace('/', '_')}_{algo}{tag}{fam}_{bc['recipe']}_b{args.env_steps}_seed{seed}"  # one per row
     overrides = [f"algo={algo}", f"ckpt={bc['ckpt']}", f"task={task}", "preset=metaworld", f"run.dir={run_dir}",
                  f"run.seed={seed}", "run.progress=false", f"offpolicy.env_steps={args.env_steps}", *args.overrides]
     cfg = compose("finetune", overrides + resume_or_restart(run_dir, overrides), FinetuneConfig)
@@ -50,7 +51,7 @@ def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Pat
             "wallclock_s_to_90": res["wallclock_s_to_90"], "updates": res["updates"], "curve": res["curve"],
             "eval_episodes": cfg.eval.n_episodes, "utd": cfg.offpolicy.utd, "critic_width": cfg.offpolicy.critic_width,
             "bc_recipe": _args_recipe(args), "overrides": list(args.overrides), "env_steps_budget": args.env_steps,
-            "tag": args.tag}
+            "tag": args.tag, "family": args.family}
 
 
 def main() -> None:
@@ -63,6 +64,9 @@ def main() -> None:
     ap.add_argument("--demo-noise", type=float, default=1.0)
     ap.add_argument("--detour", type=float, default=0.3)
     ap.add_argument("--bc-steps", type=int, default=120)
+    ap.add_argument("--family", choices=["flow", "diffusion"], default="flow",
+                    help="BC checkpoint family: the flow checkpoint FPO and ReinFlow start from, or a diffusion one "
+                         "(DDIM, eta=0 under DSRL) like DPPO's, trained on the same demos for --bc-steps")
     ap.add_argument("--work", default="runs/bench_ft")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default=str(OUT))
@@ -71,6 +75,7 @@ def main() -> None:
                     "part of the row's key and run directory, shown as 'algo [tag]'")
     ap.add_argument("overrides", nargs="*", help="extra finetune overrides, e.g. offpolicy.utd=1")
     args = ap.parse_args()
+    args.bc_steps_diffusion = 0  # weak_bc's recipe then takes --bc-steps for either family
     if args.threads:
         torch.set_num_threads(args.threads)
     out, work = Path(args.out), Path(args.work)
@@ -82,8 +87,9 @@ def main() -> None:
             for seed in args.seeds:
                 data = json.loads(js.read_text()) if js.exists() else {"rows": []}
                 meta = data.get("meta", {})
-                if any((r["task"], r["algo"], r["seed"], _recipe(r, meta), _budget(r, meta), r.get("tag", ""))
-                       == (task, algo, seed, _args_recipe(args), args.env_steps, args.tag) for r in data["rows"]):
+                if any((r["task"], r["algo"], r["seed"], _recipe(r, meta), _budget(r, meta), r.get("tag", ""),
+                        _family(r)) == (task, algo, seed, _args_recipe(args), args.env_steps, args.tag, args.family)
+                       for r in data["rows"]):
                     continue
                 print(f"[bench] {task} {algo}{' [' + args.tag + ']' if args.tag else ''} seed {seed}", flush=True)
                 row = run_one(task, algo, seed, args, work)
@@ -115,9 +121,22 @@ def _budget(row: dict, meta: dict) -> int | None:
     return row.get("env_steps_budget", meta.get("setup", {}).get("env_steps"))
 
 
+def _family(row: dict) -> str:
+    """The row's BC checkpoint family (rows before the key was recorded started from flow checkpoints)."""
+    return row.get("family", "flow")
+
+
 def _ckpt(row: dict, meta: dict) -> str:
-    """The row's BC checkpoint in the on-policy rows' spelling, e.g. 'd3_n1.0_t0.3_s300'."""
-    return _short(_recipe(row, meta))
+    """The row's BC checkpoint in the on-policy rows' spelling, e.g. 'd3_n1.0_t0.3_s300' (flow) or
+    'diffusion d10_n1.0_t0.3_s60'."""
+    short = _short(_recipe(row, meta))
+    return short if _family(row) == "flow" else f"{_family(row)} {short}"
+
+
+def _split(ckpt: str) -> tuple[str, str]:
+    """'diffusion d10_n1.0_t0.3_s60' -> ('diffusion', 'd10_n1.0_t0.3_s60'); a bare recipe is a flow checkpoint."""
+    fam, _, recipe = ckpt.rpartition(" ")
+    return fam or "flow", recipe
 
 
 def variants(rows: list[dict]) -> list[str]:
@@ -145,13 +164,16 @@ def _demos(recipe: str) -> str:
     return recipe.rsplit("_s", 1)[0]
 
 
-def on_policy_groups(on_rows: list[dict], task: str, recipe: str) -> dict[str, list[dict]]:
-    """On-policy rows on the same task and demonstrations, by label. DPPO needs a diffusion checkpoint, so it shares
-    the demonstrations, not the checkpoint; a label names the checkpoint when it is not `recipe`'s."""
+def on_policy_groups(on_rows: list[dict], task: str, ckpt: str) -> dict[str, list[dict]]:
+    """On-policy rows on the same task and demonstrations as checkpoint `ckpt` (`_ckpt` spelling), by label. DPPO
+    needs a diffusion checkpoint and FPO/ReinFlow a flow one, so rows share the demonstrations, not always the
+    checkpoint; a label names the checkpoint when it is not `ckpt`."""
+    family, recipe = _split(ckpt)
     groups: dict[str, list[dict]] = {}
     for r in on_rows:
         if r["task"] == task and r.get("bc_recipe") and _demos(r["bc_recipe"]) == _demos(recipe):
-            other = "" if FAMILY[r["algo"]] == "flow" and r["bc_recipe"] == recipe else f" ({FAMILY[r['algo']]} {r['bc_recipe']})"
+            same = FAMILY[r["algo"]] == family and r["bc_recipe"] == recipe
+            other = "" if same else f" ({FAMILY[r['algo']]} {r['bc_recipe']})"
             groups.setdefault(_name(r) + other, []).append(r)
     return {k: groups[k] for k in sorted(groups)}
 
@@ -198,7 +220,9 @@ def write_report(data: dict, out: Path) -> None:
     lines = ["# Off-policy RL fine-tuning on Meta-World (DSRL, EXPO)", "",
              "Commands: " + "; ".join(f"`{c}`" for c in meta.get("commands", [])),
              f"Machine: {meta.get('machine', '-')}; versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()),
-             "", "Start: weak flow BC checkpoints built by finetune_onpolicy.py's `weak_bc` with the recipe in each row "
+             "", "Start: weak BC checkpoints built by finetune_onpolicy.py's `weak_bc` with the recipe in each row: the flow "
+             "checkpoint FPO and ReinFlow start from, or where the recipe says diffusion, one like DPPO's (`--family "
+             "diffusion`; DSRL decodes it with DDIM, eta 0) "
              "(success of the BC checkpoint on 20 held-out episodes in `start`). Reward: 1 for the chunk in which "
              "Meta-World reports success (episodes end there) plus `offpolicy.reward_offset` (-1 per chunk in the "
              "preset). Env steps count every executed step (chunk size included). Settings: `preset=metaworld` "
@@ -213,7 +237,7 @@ def write_report(data: dict, out: Path) -> None:
              "| task | algo | seed | weak BC recipe | budget | start | first eval | final | env steps | to 90% (env steps) | to 90% (s) | updates | wall s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["task"], r["algo"], r["seed"])):
-        recipe = _recipe(r, meta)
+        recipe = _recipe(r, meta) + ("" if _family(r) == "flow" else f", {_family(r)} (DDIM, eta 0)")
         lines.append(f"| {r['task']} | {_name(r)} | {r['seed']} | {recipe} | {_dash(_budget(r, meta))} | {r['start_success']:.2f} | {_first_eval(r)} | {r['final_success']:.2f} | "
                      f"{r['env_steps']} | {_dash(r['env_steps_to_90'])} | {_dash(r['wallclock_s_to_90'])} | "
                      f"{r['updates']} | {r['wallclock_s']:.0f} |")
@@ -225,7 +249,8 @@ def write_report(data: dict, out: Path) -> None:
               "noise than from random noise (the 10-demo drawer-open checkpoint: 0.60 from random noise, 1.00 at the "
               "first evaluation). A 90% at the first evaluation reflects that, not learning; the 3-demo checkpoints "
               "fail whole layouts from any noise."]
-    lines += [""] + [f"![{t} {rc}]({plot_name(t, rc)})" for t, rc in sorted({(r["task"], _ckpt(r, meta)) for r in rows})] + [""]
+    panels = sorted({(r["task"], _demos(_short(_recipe(r, meta)))) for r in rows})  # one plot per task and demo set
+    lines += [""] + [f"![{t} {d}]({plot_name(t, d)})" for t, d in panels] + [""]
     (out / "finetune_offpolicy.md").write_text("\n".join(lines))
     try:
         import matplotlib
@@ -234,11 +259,15 @@ def write_report(data: dict, out: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    for task, recipe in sorted({(r["task"], _ckpt(r, meta)) for r in rows}):
+    for task, demos in panels:
         fig, ax = plt.subplots(figsize=(7, 4.2))
-        same = [r for r in rows if r["task"] == task and _ckpt(r, meta) == recipe]
-        groups = {a: longest_per_seed([r for r in same if _name(r) == a], meta) for a in variants(same)}
-        groups |= on_policy_groups(on_rows, task, recipe)
+        same = [r for r in rows if r["task"] == task and _demos(_short(_recipe(r, meta))) == demos]
+        # labels name a checkpoint only when it is not the panel's reference (the flow one, as FPO and ReinFlow use)
+        ref = min({_ckpt(r, meta) for r in same}, key=lambda c: (_split(c)[0] != "flow", c))
+        label = lambda r: _name(r) + ("" if _ckpt(r, meta) == ref else f" ({_ckpt(r, meta)})")  # noqa: E731
+        groups = {a: longest_per_seed([r for r in same if label(r) == a], meta)
+                  for a in sorted({label(r) for r in same}, key=lambda n: (ALGOS.index(n.split()[0]), n))}
+        groups |= on_policy_groups(on_rows, task, ref)
         for i, (label, rs) in enumerate(groups.items()):  # one colour per algorithm, one line style per seed
             for j, r in enumerate(rs):
                 ax.plot([p["env_steps"] for p in r["curve"]], [p["success_rate"] for p in r["curve"]], color=f"C{i % 10}",
@@ -246,16 +275,16 @@ def write_report(data: dict, out: Path) -> None:
         ax.axhline(0.9, color="gray", ls="--", lw=0.8)
         # on-policy runs use 10-20x the env steps: a log axis above 10k keeps both readable
         ax.set_xscale("symlog", linthresh=10_000)
-        ax.set(title=f"{task.split('/')[-1]}: demos {_demos(recipe)}, flow checkpoint {recipe}",
+        ax.set(title=f"{task.split('/')[-1]}: demos {demos}, checkpoint {ref} unless named",
                xlabel="env steps (log scale above 10k)", ylabel="success", ylim=(-0.02, 1.02), xlim=(0, None))
         ax.legend(fontsize=6.5, loc="lower right")
         fig.tight_layout()
-        fig.savefig(out / plot_name(task, recipe), dpi=110)
+        fig.savefig(out / plot_name(task, demos), dpi=110)
         plt.close(fig)
 
 
-def plot_name(task: str, recipe: str) -> str:
-    return f"finetune_offpolicy_{task.split('/')[-1]}_{recipe}.png"
+def plot_name(task: str, demos: str) -> str:
+    return f"finetune_offpolicy_{task.split('/')[-1]}_{demos}.png"
 
 
 if __name__ == "__main__":

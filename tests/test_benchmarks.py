@@ -70,3 +70,28 @@ def test_off_policy_rows_are_compared_with_every_on_policy_run_on_the_same_demos
     cells = [c.strip() for c in lines[0].strip("|").split("|")]
     # median of the two seeds that got there; the best candidate is DPPO on its diffusion checkpoint
     assert cells[3:] == ["30000", "2/3", "dppo [std20] (diffusion d3_n1.0_t0.3_s60) (3/3)", "120000", "4.0x"]
+
+
+def test_off_policy_rows_from_a_diffusion_checkpoint_get_their_own_comparison() -> None:
+    from finetune_offpolicy import comparison, on_policy_groups
+
+    def row(algo: str, recipe: str, seed: int, to90: int | None, **extra) -> dict:
+        return {"task": "metaworld/t", "algo": algo, "seed": seed, "bc_recipe": recipe, "tag": "",
+                "env_steps": 500_000, "env_steps_to_90": to90, "env_steps_budget": 50_000, **extra}
+
+    on = [row("fpo", "d10_n1.0_t0.3_s120", s, 200_000) for s in range(3)]
+    on += [row("dppo", "d10_n1.0_t0.3_s60", s, 300_000) for s in range(3)]
+    flow = "10 demos, noise 1.0, detour 0.3, 120 BC steps"
+    diff = "10 demos, noise 1.0, detour 0.3, 60 BC steps"
+    off = [row("dsrl", flow, 0, 4_000), row("dsrl", diff, 0, 40_000, family="diffusion"),
+           row("dsrl", diff, 1, 60_000, family="diffusion")]
+    lines = [[c.strip() for c in ln.strip("|").split("|")] for ln in comparison(off, on, {}) if ln.startswith("| metaworld/t")]
+    # the flow row and the two diffusion rows are not pooled: each checkpoint has its own median
+    assert [(c[1], c[3], c[4]) for c in lines] == [("d10_n1.0_t0.3_s120", "4000", "1/1"),
+                                                    ("diffusion d10_n1.0_t0.3_s60", "50000", "2/2")]
+    assert lines[1][5:] == ["fpo (flow d10_n1.0_t0.3_s120) (3/3)", "200000", "4.0x"]
+    # from the diffusion checkpoint's side, DPPO on that same checkpoint is named bare and FPO's flow one in brackets
+    assert sorted(on_policy_groups(on, "metaworld/t", "diffusion d10_n1.0_t0.3_s60")) == [
+        "dppo", "fpo (flow d10_n1.0_t0.3_s120)"]
+    assert sorted(on_policy_groups(on, "metaworld/t", "d10_n1.0_t0.3_s120")) == [
+        "dppo (diffusion d10_n1.0_t0.3_s60)", "fpo"]
