@@ -160,3 +160,23 @@ def test_dsrl_base_map_sampler_is_the_steered_policys(toy_bc_ckpts, tmp_path) ->
     with pytest.raises(ConfigError, match="dsrl.sampler=ddim"):
         make_offpolicy_algo("dsrl", bc, _cfg("dsrl", toy_bc_ckpts["flow"], tmp_path, "dsrl.sampler=ddim"),
                             torch.device("cpu"))
+
+
+def test_eval_noise_seed_redraws_the_noise_on_the_same_episodes(toy_bc_ckpts) -> None:
+    """benchmarks/noise_coverage.py's premise: `noise_seed` changes only the sampling noise, and from zero initial
+    noise (what DSRL's untrained actor plays) it changes nothing."""
+    from genpolicy.finetune.ppo import policy_for_finetuning
+    from genpolicy.training.evaluate import evaluate
+
+    bc = load_policy(toy_bc_ckpts["flow"])
+    run = lambda p, ns: evaluate(p, TOY, n_episodes=12, n_envs=4, seed=500, progress=False,  # noqa: E731
+                                 noise_seed=ns)["episodes"]
+    same = run(bc, None)
+    assert [e["success"] for e in run(bc, 500)] == [e["success"] for e in same]  # default: noise seeded by `seed`
+    draws = [run(bc, 1000 + k) for k in range(3)]
+    assert all([e["seed"] for e in d] == [e["seed"] for e in same] for d in draws)  # the same episodes
+    # the two-way BC policy goes either way from random noise: other noise, other outcomes
+    assert len({tuple(e["success"] for e in d) for d in [same, *draws]}) > 1
+    zero = policy_for_finetuning(bc, "dsrl", "flow", torch.device("cpu"), init_noise_scale=0.0)
+    outcomes = {tuple(e["success"] for e in run(zero, ns)) for ns in (None, 1000, 1001)}
+    assert len(outcomes) == 1

@@ -19,8 +19,9 @@ from genpolicy.policies import GenerativePolicy
 
 def evaluate(policy: GenerativePolicy, task: str, n_episodes: int = 50, n_envs: int = 10, seed: int = 100000,
              out_dir: Optional[str | Path] = None, n_videos: int = 0, images: Optional[bool] = None,
-             max_episode_steps: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Run `n_episodes` episodes (seeds seed..seed+n-1) and return the eval.json dict (also written to out_dir)."""
+             max_episode_steps: int = 0, progress: bool = True, noise_seed: Optional[int] = None) -> dict[str, Any]:
+    """Run `n_episodes` episodes (seeds seed..seed+n-1) and return the eval.json dict (also written to out_dir).
+    The sampling noise is seeded by `seed` too, or by `noise_seed` to draw other noise on the same episodes."""
     was_training = policy.training
     policy.eval()
     images = bool(policy.shape.cameras) if images is None else images
@@ -34,7 +35,7 @@ def evaluate(policy: GenerativePolicy, task: str, n_episodes: int = 50, n_envs: 
         raise DataError(f"task '{task}' has state/action dims ({spec.state_dim}, {spec.action_dim}) but the policy "
                         f"expects ({policy.shape.state_dim}, {policy.shape.action_dim})")
     device = policy.device
-    gen = torch.Generator(device=device).manual_seed(seed)  # sampling noise is part of the seeded protocol
+    gen = torch.Generator(device=device).manual_seed(seed if noise_seed is None else noise_seed)  # part of the protocol
     episodes: list[dict[str, Any]] = []
     slot_ep: list[Optional[int]] = [None] * n_envs
     slot_obs: list[Optional[dict[str, np.ndarray]]] = [None] * n_envs
@@ -113,6 +114,7 @@ def evaluate(policy: GenerativePolicy, task: str, n_episodes: int = 50, n_envs: 
         "mean_length": float(np.mean([e["length"] for e in episodes])),
         "n_episodes": len(episodes),
         "seed": seed,
+        "noise_seed": seed if noise_seed is None else noise_seed,
         "sampler": policy.cfg.sampler,
         "steps": policy.cfg.steps,
         "warm_start_steps": policy.cfg.warm_start_steps,
