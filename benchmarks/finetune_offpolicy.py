@@ -281,8 +281,9 @@ def write_report(data: dict, out: Path) -> None:
         ax.axhline(0.9, color="gray", ls="--", lw=0.8)
         # on-policy runs use 10-20x the env steps: a log axis above 10k keeps both readable
         ax.set_xscale("symlog", linthresh=10_000)
-        ax.set(title=f"{task.split('/')[-1]}: demos {demos}, checkpoint {ref} unless named",
-               xlabel="env steps (log scale above 10k)", ylabel="success", ylim=(-0.02, 1.02), xlim=(0, None))
+        ax.set_title(f"{task.split('/')[-1]}, demos {demos}: runs without a checkpoint in the label start from {ref}",
+                     fontsize=8)
+        ax.set(xlabel="env steps (log scale above 10k)", ylabel="success", ylim=(-0.02, 1.02), xlim=(0, None))
         ax.legend(fontsize=6.5, loc="lower right")
         fig.tight_layout()
         fig.savefig(out / plot_name(task, demos), dpi=110)
