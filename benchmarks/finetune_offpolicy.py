@@ -243,7 +243,7 @@ def write_report(data: dict, out: Path) -> None:
              "| task | algo | seed | weak BC recipe | budget | start | first eval | final | env steps | to 90% (env steps) | to 90% (s) | updates | wall s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["task"], r["algo"], r["seed"])):
-        recipe = _recipe(r, meta) + ("" if _family(r) == "flow" else f", {_family(r)} (DDIM, eta 0)")
+        recipe = _recipe(r, meta) + ("" if _family(r) == "flow" else f", {_family(r)}")
         lines.append(f"| {r['task']} | {_name(r)} | {r['seed']} | {recipe} | {_dash(_budget(r, meta))} | {r['start_success']:.2f} | {_first_eval(r)} | {r['final_success']:.2f} | "
                      f"{r['env_steps']} | {_dash(r['env_steps_to_90'])} | {_dash(r['wallclock_s_to_90'])} | "
                      f"{r['updates']} | {r['wallclock_s']:.0f} |")
