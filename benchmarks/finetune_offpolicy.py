@@ -51,7 +51,7 @@ def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Pat
             "wallclock_s_to_90": res["wallclock_s_to_90"], "updates": res["updates"], "curve": res["curve"],
             "eval_episodes": cfg.eval.n_episodes, "utd": cfg.offpolicy.utd, "critic_width": cfg.offpolicy.critic_width,
             "bc_recipe": _args_recipe(args), "overrides": list(args.overrides), "env_steps_budget": args.env_steps,
-            "tag": args.tag, "family": args.family}
+            "tag": args.tag, "family": args.family, "stopped_early": False}  # the off-policy loop runs its whole budget
 
 
 def main() -> None:
