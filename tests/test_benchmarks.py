@@ -64,11 +64,13 @@ def test_off_policy_rows_are_compared_with_every_on_policy_run_on_the_same_demos
     on = [row("fpo", "d3_n1.0_t0.3_s300", s, 300_000) for s in range(3)]
     on += [row("dppo", "d3_n1.0_t0.3_s60", s, 120_000, tag="std20") for s in range(3)]  # diffusion ckpt, same demos
     on += [row("reinflow", "d10_n1.0_t0.3_s120", s, 1_000) for s in range(3)]  # other demos: not a candidate
+    on += [row("reinflow", "d3_n1.0_t0.3_s300", s, t) for s, t in [(0, 50_000), (1, None), (2, None)]]  # 1 of 3 seeds
     off = [row("dsrl", "3 demos, noise 1.0, detour 0.3, 300 BC steps", s, t) for s, t in [(0, 20_000), (1, 40_000), (2, None)]]
     lines = [ln for ln in comparison(off, on, {}) if ln.startswith("| metaworld/t")]
     assert len(lines) == 1
     cells = [c.strip() for c in lines[0].strip("|").split("|")]
-    # median of the two seeds that got there; the best candidate is DPPO on its diffusion checkpoint
+    # median of the two seeds that got there; the best candidate is DPPO on its diffusion checkpoint (3/3), not
+    # ReinFlow's one seed of three at 50k
     assert cells[3:] == ["30000", "2/3", "dppo [std20] (diffusion d3_n1.0_t0.3_s60) (3/3)", "120000", "4.0x"]
 
 
