@@ -284,8 +284,8 @@ def write_report(data: dict, out: Path) -> None:
         ax.axhline(0.9, color="gray", ls="--", lw=0.8)
         # on-policy runs use 10-20x the env steps: a log axis above 10k keeps both readable
         ax.set_xscale("symlog", linthresh=10_000)
-        ax.set_title(f"{task.split('/')[-1]}, demos {demos}: runs without a checkpoint in the label start from {ref}",
-                     fontsize=8)
+        ax.set_title(f"{task.split('/')[-1]}, demos {demos}; a run without a checkpoint in its label starts from {ref}",
+                     fontsize=7.5)
         ax.set(xlabel="env steps (log scale above 10k)", ylabel="success", ylim=(-0.02, 1.02), xlim=(0, None))
         ax.legend(fontsize=6.5, loc="lower right")
         fig.tight_layout()
