@@ -18,6 +18,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -129,8 +130,12 @@ def _family(row: dict) -> str:
 def _ckpt(row: dict, meta: dict) -> str:
     """The row's BC checkpoint in the on-policy rows' spelling, e.g. 'd3_n1.0_t0.3_s300' (flow) or
     'diffusion d10_n1.0_t0.3_s60'."""
-    short = _short(_recipe(row, meta))
-    return short if _family(row) == "flow" else f"{_family(row)} {short}"
+    return ckpt_label(_family(row), _short(_recipe(row, meta)))
+
+
+def ckpt_label(family: str, short: str) -> str:
+    """A checkpoint's name in reports: the bare recipe for flow (the family every off-policy row used at first)."""
+    return short if family == "flow" else f"{family} {short}"
 
 
 def _split(ckpt: str) -> tuple[str, str]:
@@ -139,9 +144,9 @@ def _split(ckpt: str) -> tuple[str, str]:
     return fam or "flow", recipe
 
 
-def variants(rows: list[dict]) -> list[str]:
-    """The off-policy rows' algorithm labels ('dsrl', 'dsrl [na_sc1]', 'expo', ...) in report order."""
-    return sorted({_name(r) for r in rows}, key=lambda n: (ALGOS.index(n.split()[0]), n))
+def variants(rows: list[dict], name: Callable[[dict], str] = _name) -> list[str]:
+    """The off-policy rows' labels under `name` ('dsrl', 'dsrl [na_sc1]', 'expo', ...) in report order."""
+    return sorted({name(r) for r in rows}, key=lambda n: (ALGOS.index(n.split()[0]), n))
 
 
 def longest_per_seed(rows: list[dict], meta: dict) -> list[dict]:
@@ -178,6 +183,12 @@ def on_policy_groups(on_rows: list[dict], task: str, ckpt: str) -> dict[str, lis
     return {k: groups[k] for k in sorted(groups)}
 
 
+def _at_first_eval(row: dict) -> bool:
+    """Whether the row was at 90% at its first evaluation, before any update (DSRL's zero-noise start): no learning."""
+    c = row.get("curve", [])
+    return row["env_steps_to_90"] is not None and len(c) > 1 and row["env_steps_to_90"] <= c[1]["env_steps"]
+
+
 def comparison(rows: list[dict], on_rows: list[dict], meta: dict) -> list[str]:
     """Env steps to 90%: each off-policy algorithm against the best on-policy one on the same task and demonstrations."""
     out = ["", "## Env steps to 90% against the best on-policy algorithm (same task, same demonstrations)", "",
@@ -206,12 +217,10 @@ def comparison(rows: list[dict], on_rows: list[dict], meta: dict) -> list[str]:
                                    and _ckpt(r, meta) == recipe], meta)
             if not rs:
                 continue
-            # a seed already at 90% at its first evaluation, before any update (DSRL's zero-noise start), learned nothing
-            at_start = [r for r in rs if r["env_steps_to_90"] is not None and len(r.get("curve", [])) > 1
-                        and r["env_steps_to_90"] <= r["curve"][1]["env_steps"]]
-            hit = [r["env_steps_to_90"] for r in rs if r["env_steps_to_90"] is not None and r not in at_start]
+            at_start = sum(_at_first_eval(r) for r in rs)
+            hit = [r["env_steps_to_90"] for r in rs if r["env_steps_to_90"] is not None and not _at_first_eval(r)]
             m = med(hit)
-            reached = f"{len(hit)}/{len(rs)}" + (f" (+{len(at_start)} at first eval)" if at_start else "")
+            reached = f"{len(hit)}/{len(rs)}" + (f" (+{at_start} at first eval)" if at_start else "")
             ratio = f"{best[1] / m:.1f}x" if best and m else "-"
             if not best and groups and m:  # on-policy never got there: its longest run bounds the ratio from below
                 ratio = f"> {longest / m:.1f}x"
@@ -273,9 +282,8 @@ def write_report(data: dict, out: Path) -> None:
         same = [r for r in rows if r["task"] == task and _demos(_short(_recipe(r, meta))) == demos]
         # labels name a checkpoint only when it is not the panel's reference (the flow one, as FPO and ReinFlow use)
         ref = min({_ckpt(r, meta) for r in same}, key=lambda c: (_split(c)[0] != "flow", c))
-        label = lambda r: _name(r) + ("" if _ckpt(r, meta) == ref else f" ({_ckpt(r, meta)})")  # noqa: E731
-        groups = {a: longest_per_seed([r for r in same if label(r) == a], meta)
-                  for a in sorted({label(r) for r in same}, key=lambda n: (ALGOS.index(n.split()[0]), n))}
+        label_of = lambda r: _name(r) + ("" if _ckpt(r, meta) == ref else f" ({_ckpt(r, meta)})")  # noqa: E731
+        groups = {a: longest_per_seed([r for r in same if label_of(r) == a], meta) for a in variants(same, label_of)}
         groups |= on_policy_groups(on_rows, task, ref)
         for i, (label, rs) in enumerate(groups.items()):  # one colour per algorithm, one line style per seed
             for j, r in enumerate(rs):

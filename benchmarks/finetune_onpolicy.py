@@ -67,14 +67,19 @@ def bc_recipe(task: str, family: str, args: argparse.Namespace) -> str:
     return f"d{args.demos}_n{args.demo_noise}_t{args.detour}_s{steps}"
 
 
+def bc_info_path(task: str, family: str, recipe: str, work: Path) -> Path:
+    """Where weak_bc caches a checkpoint's info ({ckpt, success, ...}); its run directory is the same path without
+    `.json`. The cache key is the whole recipe."""
+    return work / f"{task.replace('/', '_')}_{family}_{recipe}.json"
+
+
 def weak_bc(task: str, family: str, args: argparse.Namespace, work: Path) -> dict:
     """Train (once) the weak BC checkpoint of a task and family; returns {ckpt, success, return, recipe, minutes}.
 
     Meta-World: a few noisy scripted demonstrations. Locomotion: episodes of the SAC "medium" expert
     (`genpolicy data expert`, data/experts/<task>), chunks of 4 from one observation as DPPO does on Gym."""
     recipe = bc_recipe(task, family, args)
-    tag = f"{task.replace('/', '_')}_{family}_{recipe}"  # the cache key is the whole recipe
-    info_path = work / f"{tag}.json"
+    info_path = bc_info_path(task, family, recipe, work)
     if info_path.exists():
         return json.loads(info_path.read_text())
     loco = is_locomotion(task)
@@ -85,7 +90,7 @@ def weak_bc(task: str, family: str, args: argparse.Namespace, work: Path) -> dic
             demos = (generate(task, args.loco_demos, seed=777, noise=args.loco_noise, progress=False) if loco else
                      generate(task, args.demos, seed=777, noise=args.demo_noise, detour_prob=args.detour, progress=False))
             demos.save(data)
-    run_dir = work / tag
+    run_dir = info_path.with_suffix("")
     shutil.rmtree(run_dir, ignore_errors=True)
     chunking = dict(n_obs_steps=1, horizon=4, n_action_steps=4) if loco else {}
     pol = PolicyConfig(type=family, sampler="ddim" if family == "diffusion" else "euler", steps=10, **chunking)

@@ -28,13 +28,15 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from genpolicy.config import DSRLConfig  # noqa: E402
+from genpolicy.finetune.dsrl import base_map  # noqa: E402
 from genpolicy.finetune.ppo import policy_for_finetuning  # noqa: E402
 from genpolicy.training.checkpoint import load_policy  # noqa: E402
 from genpolicy.training.evaluate import evaluate  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finetune_offpolicy import _family, _recipe, _short  # noqa: E402
-from finetune_onpolicy import _dash, append_row  # noqa: E402
+from finetune_offpolicy import _ckpt, _family, _recipe, _short, ckpt_label  # noqa: E402
+from finetune_onpolicy import _dash, append_row, bc_info_path  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 EVAL_SEED, N_LAYOUTS = 100_000, 20  # the fine-tuning runs' eval protocol (EvalConfig.seed, preset n_episodes)
@@ -45,7 +47,7 @@ def checkpoints(off: dict, work: Path) -> list[dict]:
     seen: dict[tuple, dict] = {}
     for r in off["rows"]:
         key = (r["task"], _family(r), _short(_recipe(r, off.get("meta", {}))))
-        info = work / f"{key[0].replace('/', '_')}_{key[1]}_{key[2]}.json"
+        info = bc_info_path(*key, work)
         if key not in seen and info.exists():
             seen[key] = {"task": key[0], "family": key[1], "recipe": key[2], "ckpt": json.loads(info.read_text())["ckpt"]}
     return [seen[k] for k in sorted(seen)]
@@ -54,8 +56,8 @@ def checkpoints(off: dict, work: Path) -> list[dict]:
 def measure(c: dict, draws: int) -> dict:
     """Per-layout success of the checkpoint from zero noise and from `draws` independent random-noise draws."""
     bc = load_policy(c["ckpt"])
-    # the map DSRL steers: DDIM eta 0 (diffusion) or the checkpoint's Euler flow, no warm start
-    det = {"sampler": "ddim", "eta": 0.0} if bc.cfg.type == "diffusion" else {}
+    # the map DSRL steers by default (dsrl.sampler unset): DDIM eta 0 or the checkpoint's ODE sampler, no warm start
+    det = base_map(bc.cfg, DSRLConfig())
     zero = policy_for_finetuning(bc, "dsrl", bc.cfg.type, torch.device("cpu"), init_noise_scale=0.0, **det)
     rand = policy_for_finetuning(bc, "dsrl", bc.cfg.type, torch.device("cpu"), **det)
     run = lambda p, ns: [e["success"] for e in evaluate(p, c["task"], n_episodes=N_LAYOUTS, n_envs=10, seed=EVAL_SEED,  # noqa: E731
@@ -69,8 +71,8 @@ def measure(c: dict, draws: int) -> dict:
 
 def dsrl_evals(off: dict, c: dict) -> tuple[list[float], float | None]:
     """DSRL runs on checkpoint `c`: their first evaluations (before any update) and the best evaluation of any."""
-    rs = [r for r in off["rows"] if r["algo"] == "dsrl" and r["task"] == c["task"] and _family(r) == c["family"]
-          and _short(_recipe(r, off.get("meta", {}))) == c["recipe"]]
+    rs = [r for r in off["rows"] if r["algo"] == "dsrl" and r["task"] == c["task"]
+          and _ckpt(r, off.get("meta", {})) == ckpt_label(c["family"], c["recipe"])]
     evals = [p["success_rate"] for r in rs for p in r["curve"][1:]]
     return [r["curve"][1]["success_rate"] for r in rs if len(r["curve"]) > 1], (max(evals) if evals else None)
 

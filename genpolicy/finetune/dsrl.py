@@ -26,19 +26,26 @@ from genpolicy.finetune.offpolicy import QEnsemble, Temperature, soft_update, td
 from genpolicy.finetune.ppo import policy_for_finetuning
 
 
+def base_map(bc_cfg: Any, c: Any) -> dict[str, Any]:
+    """The policy-config changes that make a BC checkpoint the deterministic map w -> chunk DSRL steers: DDIM eta=0
+    for diffusion, an ODE sampler for flow, then `dsrl.sampler`/`dsrl.steps` when set (PolicyConfig validates them)."""
+    changes: dict[str, Any] = {}
+    if bc_cfg.type == "diffusion":
+        changes.update(sampler="ddim", eta=0.0)
+    elif bc_cfg.sampler not in DSRL_FLOW_SAMPLERS:
+        changes["sampler"] = "euler"
+    if c.sampler and (c.sampler == "ddim") != (bc_cfg.type == "diffusion"):
+        raise ConfigError(f"dsrl.sampler={c.sampler} does not fit this '{bc_cfg.type}' checkpoint "
+                          f"({'ddim' if bc_cfg.type == 'diffusion' else '|'.join(DSRL_FLOW_SAMPLERS)})")
+    changes.update({k: v for k, v in (("sampler", c.sampler), ("steps", c.steps)) if v})
+    return changes
+
+
 class DSRL:
     def __init__(self, bc: Any, cfg: Any, device: torch.device) -> None:
         c, oc = cfg.dsrl, cfg.offpolicy
         changes: dict[str, Any] = {"steer": "dsrl", "steer_scale": c.action_magnitude, "steer_width": c.width,
-                                   "steer_depth": c.depth}
-        if bc.cfg.type == "diffusion":
-            changes.update(sampler="ddim", eta=0.0)  # deterministic map from w to the chunk
-        elif bc.cfg.sampler not in DSRL_FLOW_SAMPLERS:
-            changes["sampler"] = "euler"
-        if c.sampler and (c.sampler == "ddim") != (bc.cfg.type == "diffusion"):
-            raise ConfigError(f"dsrl.sampler={c.sampler} does not fit this '{bc.cfg.type}' checkpoint "
-                              f"({'ddim' if bc.cfg.type == 'diffusion' else '|'.join(DSRL_FLOW_SAMPLERS)})")
-        changes.update({k: v for k, v in (("sampler", c.sampler), ("steps", c.steps)) if v})  # PolicyConfig validates
+                                   "steer_depth": c.depth, **base_map(bc.cfg, c)}
         self.policy = policy_for_finetuning(bc, "dsrl", bc.cfg.type, device, **changes)
         self.policy.requires_grad_(False)
         self.policy.steer.requires_grad_(True)  # the only trainable part: the base weights never change
