@@ -7,6 +7,7 @@ paths, so a saved config.json can be read without importing anything it names.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -372,7 +373,9 @@ class DSRLConfig:
     depth: int = 2
     qw_steps: int = 1  # NA: Q^W distillation steps per update
     backup_entropy: bool = False  # the entropy term in the TD backup; off: with sparse 0/1 rewards it swamps them
-    target_entropy: float = -1.0  # per noise dimension (SAC's -|A| is -1.0); the reference NA uses 0.0 in total
+    # the temperature's target, per noise dimension, on the actor's tanh-space density (before the scaling by m, as
+    # upstream measures it; upstream's target is 0 in total). Chosen by measurement: see the DSRL module docstring
+    target_entropy: float = -1.405
     # the base map's sampler (acting, NA's backups and distillation), saved with the steered policy; empty/0 keeps the
     # checkpoint's (diffusion: DDIM eta=0). NA decodes 2 x B chunks per update: `sampler=shortcut steps=1` (flow
     # policies trained with the shortcut head) cuts that by the step count
@@ -397,7 +400,8 @@ class EXPOConfig:
     width: int = 256  # edit policy
     depth: int = 2
     base_lr: float = 1e-4  # BC on the mixed replay
-    target_entropy: float = -0.5  # per chunk dimension (EXPO: -d/2)
+    target_entropy: float = -0.5  # per chunk dimension, on the edit's density in delta units (EXPO: -d/2; <= log 2)
+    base_ema: float = 0.001  # the acting base is an EMA of the BC-trained one (the paper's tau)
     # the base policy's sampler for every candidate chunk (acting and backups), saved with the tuned policy; empty/0
     # keeps the checkpoint's. Each update decodes B x N chunks twice, so `sampler=shortcut steps=1` (flow policies
     # trained with the shortcut head) cuts that cost by the step count.
@@ -408,6 +412,9 @@ class EXPOConfig:
         _check(self.beta > 0 and 1 <= self.n_edit <= self.n_base and 1 <= self.n_min_q <= self.n_q,
                "expo needs beta > 0, 1 <= n_edit <= n_base, 1 <= n_min_q <= n_q")
         _check(self.steps >= 0, f"expo.steps must be >= 0, got {self.steps}")
+        _check(0 < self.base_ema <= 1, f"expo.base_ema must be in (0, 1], got {self.base_ema}")
+        _check(self.target_entropy < math.log(2), f"expo.target_entropy must be < log 2 per dimension (the most a "
+               f"tanh-Gaussian edit can have), got {self.target_entropy}")
 
 
 ROLLOUT_BACKENDS = ("local", "ray")

@@ -104,6 +104,44 @@ def test_first_minibatch_ratio_is_one(bc_ckpts, tmp_path, algo_name, ptype) -> N
     assert np.isfinite(stats["policy_loss"]) and np.isfinite(stats["value_loss"])
 
 
+@pytest.mark.parametrize("algo_name,ptype", [("dppo", "diffusion"), ("reinflow", "flow")])
+def test_rollout_chains_score_as_standard_normal_draws(bc_ckpts, tmp_path, algo_name, ptype) -> None:
+    """The chains `act` stored, scored by the step Gaussians the algorithm's own log-prob uses (at the rollout
+    weights): every step's z-scores are the clipped standard normal draws that made them (mean ~0, std ~1, max |z|
+    at the clip). A rollout scored on another grid, network or noise scale (ReinFlow's upstream bug) fails this,
+    which the first-minibatch ratio (one function called twice) cannot see."""
+    cfg = _ft_cfg(algo_name, bc_ckpts[ptype], tmp_path)
+    cfg.dppo.ft_steps = 10
+    cfg.dppo.min_sampling_std = cfg.dppo.min_logprob_std = 0.1  # the same floor for acting and scoring
+    torch.manual_seed(0)
+    algo = make_algo(algo_name, load_policy(bc_ckpts[ptype]), cfg, torch.device("cpu"))
+    with torch.no_grad():  # the NoiseNet starts at mid-range; give sigma some dependence on (s, k)
+        for p in (algo.noise.parameters() if algo_name == "reinflow" else []):
+            p.add_(0.5 * torch.randn_like(p))
+    obs = {"state": torch.rand(256, 1, 2) * 2 - 1}
+    out = algo.act(obs)
+    chain = out["chain"]  # (N, K'+1, H, Da)
+    assert torch.equal(out["actions"], chain[:, -1])
+    cond = algo.policy.encode(obs)
+    with torch.no_grad():
+        if algo_name == "dppo":
+            zs = []
+            for j in range(algo.Kft):
+                jj = torch.full((chain.shape[0],), j)
+                mean, std = algo.step_dist(algo.policy, cond, chain[:, j], jj)
+                zs.append((chain[:, j + 1] - mean) / std)
+            z = torch.stack(zs, 1)  # (N, K', H, Da)
+            clip = cfg.dppo.randn_clip
+        else:
+            mean, sigma = algo.step_dist(cond, chain)
+            z = ((chain[:, 1:].flatten(0, 1) - mean) / sigma).view(chain.shape[0], algo.K, *chain.shape[2:])
+            clip = cfg.reinflow.randn_clip
+    for k in range(z.shape[1]):  # per step
+        zk = z[:, k]
+        assert abs(zk.mean().item()) < 0.05 and abs(zk.std().item() - 1.0) < 0.05, (k, zk.mean(), zk.std())
+        assert zk.abs().max().item() == pytest.approx(clip, abs=1e-3), (k, zk.abs().max())
+
+
 @pytest.mark.parametrize("algo_name,ptype", ALGOS)
 def test_gradients_reach_only_the_fine_tuned_parameters(bc_ckpts, tmp_path, algo_name, ptype) -> None:
     algo, roll, critic, *_ = _one_update(algo_name, bc_ckpts[ptype], tmp_path, ft_steps=3)

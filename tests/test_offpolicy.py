@@ -30,10 +30,19 @@ def _batch(b: int = 16, h: int = 8, da: int = 2) -> dict[str, torch.Tensor]:
             "terminated": (torch.rand(b, generator=g) < 0.3).float(), "w": torch.randn(b, h * da, generator=g)}
 
 
+def _perturb(module: torch.nn.Module, seed: int = 11) -> None:
+    """Move a critic's weights away from their copy, so a test can tell the two apart."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+
+
 @pytest.mark.parametrize("variant", ["sac", "na"])
-def test_dsrl_td_target_matches_a_plain_loop(toy_bc_ckpts, tmp_path, variant) -> None:
+def test_dsrl_td_target_uses_the_target_critic(toy_bc_ckpts, tmp_path, variant) -> None:
     cfg = _cfg("dsrl", toy_bc_ckpts["flow"], tmp_path, f"dsrl.variant={variant}", "dsrl.backup_entropy=true")
     algo = make_offpolicy_algo("dsrl", load_policy(toy_bc_ckpts["flow"]), cfg, torch.device("cpu"))
+    _perturb(algo.q_target)  # the target now differs from the online critic: using the online one must fail below
     batch = _batch()
     cond_next = algo.policy.encode({"state": batch["next_obs"]})
     torch.manual_seed(7)
@@ -49,32 +58,72 @@ def test_dsrl_td_target_matches_a_plain_loop(toy_bc_ckpts, tmp_path, variant) ->
         assert y[i].item() == pytest.approx(ref, abs=1e-5)
 
 
-def test_expo_td_target_and_argmax_match_a_plain_loop(toy_bc_ckpts, tmp_path) -> None:
-    cfg = _cfg("expo", toy_bc_ckpts["flow"], tmp_path, "expo.n_min_q=4")  # all heads: a deterministic minimum
+def test_expo_one_selection_rule_and_td_target_on_target_heads(toy_bc_ckpts, tmp_path) -> None:
+    """Acting, evaluation and the backup's next action are one rule (argmax of the min over all heads of the policy's
+    critic, which is the target critic); the backup's value is the min over a random subset of n_min_q < n_q target
+    heads; the online critic is used by neither."""
+    cfg = _cfg("expo", toy_bc_ckpts["flow"], tmp_path, "expo.n_min_q=2")  # of 4 heads
     algo = make_offpolicy_algo("expo", load_policy(toy_bc_ckpts["flow"]), cfg, torch.device("cpu"))
-    steer = algo.policy.steer
+    pol, steer = algo.policy, algo.policy.steer
+    assert steer.q is algo.q_target and algo.q is not steer.q
+    _perturb(algo.q_target)
+    _perturb(steer.edit, seed=12)  # an untrained edit is tiny; make edits matter to the argmax
     batch = _batch()
-    cond = algo.policy.encode({"state": batch["next_obs"]})
-    base = algo._base_samples(cond)  # (B, N, D)
-    pick = steer.select(cond, base, q=algo.q_target, deterministic=True)
-    cands = pick["candidates"]  # (B, N + M, D)
-    assert cands.shape[1] == cfg.expo.n_base + cfg.expo.n_edit
-    assert torch.equal(cands[:, : cfg.expo.n_base], base)  # the N base samples are candidates as they are
-    assert (cands[:, cfg.expo.n_base:] - base[:, : cfg.expo.n_edit]).abs().max() <= cfg.expo.beta + 1e-6  # edits stay within beta
-    for i in range(len(cands)):  # the chosen action is the argmax of min_j Q_j over the stated candidates
-        scores = [min(q(torch.cat([cond[i], c])).item() for q in algo.q_target.qs) for c in cands[i]]
-        assert int(np.argmax(scores)) == pick["index"][i].item()
-        assert torch.equal(pick["action"][i], cands[i, int(np.argmax(scores))])
-    # the TD target evaluates the same on-the-fly action (same draws: generator and global RNG restored)
-    g_state, rng = algo.gen.get_state(), torch.get_rng_state()
+    cond = pol.encode({"state": batch["next_obs"]})
+    b, n, m, e = cond.shape[0], cfg.expo.n_base, cfg.expo.n_edit, cfg.expo.n_q
+
+    def plain_argmax(cands: torch.Tensor, i: int) -> int:  # min over all heads of the target critic
+        scores = [min(q(torch.cat([cond[i], c])).item() for q in algo.q_target.qs) for c in cands]
+        return int(np.argmax(scores))
+
+    for explore in (False, True):  # evaluation (edit means) and acting (sampled edits) share the scoring rule
+        g = torch.Generator().manual_seed(5)
+        out = pol.steered_sample(cond, generator=torch.Generator().manual_seed(5), explore=True) if explore else None
+        base = pol.sample(cond.repeat_interleave(n, 0), generator=g).clamp(-1, 1).view(b, n, -1)
+        edits = steer.edit_actions(cond.repeat_interleave(m, 0), base[:, :m].reshape(b * m, -1),
+                                   deterministic=not explore, generator=g)["action"].view(b, m, -1)
+        cands = torch.cat([base, edits], 1)
+        chosen = out["actions"].reshape(b, -1) if explore else \
+            pol.steered_sample(cond, generator=torch.Generator().manual_seed(5)).reshape(b, -1)
+        for i in range(b):
+            assert torch.equal(chosen[i], cands[i, plain_argmax(cands[i], i)])
+    # the TD target: same draws (algo.gen restored), next action by the rule above, then a random head subset
+    g_state = algo.gen.get_state()
     y = algo.critic_target(batch, cond)
     algo.gen.set_state(g_state)
-    torch.set_rng_state(rng)
-    pick = steer.select(cond, algo._base_samples(cond), q=algo.q_target, k=4, generator=algo.gen)
-    for i in range(len(y)):
-        nq = min(q(torch.cat([cond[i], pick["action"][i]])).item() for q in algo.q_target.qs)
+    a_next = pol.steered_sample(cond, generator=algo.gen, explore=True)["actions"].reshape(b, -1)
+    heads = torch.randperm(e, generator=algo.gen)[:2].tolist()
+    assert len(set(heads)) == 2 < e
+    for i in range(b):
+        nq = min(algo.q_target.qs[j](torch.cat([cond[i], a_next[i]])).item() for j in heads)
         ref = batch["reward"][i].item() + (0.0 if batch["terminated"][i] else cfg.offpolicy.gamma * nq)
         assert y[i].item() == pytest.approx(ref, abs=1e-5)
+
+
+@pytest.mark.parametrize("algo_name", ["dsrl", "expo"])
+def test_temperature_settles_within_a_band(toy_bc_ckpts, tmp_path, algo_name) -> None:
+    """300 updates on toy transitions: alpha must move toward its target and stay in [1e-3, init]. With EXPO's old
+    target (entropy in action units, unreachable at beta 0.05) log alpha rose by ~lr every update."""
+    from genpolicy.datasets.collect import generate
+
+    cfg = _cfg(algo_name, toy_bc_ckpts["flow"], tmp_path, "offpolicy.batch_size=64")
+    algo = make_offpolicy_algo(algo_name, load_policy(toy_bc_ckpts["flow"]), cfg, torch.device("cpu"))
+    pol = algo.policy
+    d = demo_transitions(generate("toy/bimodal", 6, seed=1, progress=False), 1, 8, 4, pol.normalize_actions)
+    if algo_name == "dsrl":
+        d["w"] = torch.randn(len(d["reward"]), 16)
+    replay = DictReplay({k: tuple(v.shape[1:]) for k, v in d.items()}, len(d["reward"]))
+    replay.add(d)
+    g = torch.Generator().manual_seed(0)
+    init = algo.temp.alpha.item()
+    alphas, ents = [], []
+    for _ in range(300):
+        st = algo.update(replay.sample(64, g))
+        alphas.append(st["alpha"])
+        ents.append(st["entropy_per_dim"])
+    assert all(1e-3 <= a <= init + 1e-9 for a in alphas), (alphas[0], alphas[-1])
+    assert alphas[-1] < 0.95 * init  # it moved: the target is reachable
+    assert ents[-1] <= np.log(2) + 1e-6  # a tanh-Gaussian's entropy per dimension (delta / tanh units)
 
 
 def test_replay_mixing_and_demo_transitions(toy_bc_ckpts) -> None:

@@ -88,6 +88,18 @@ class EnvSlice:
         """Start an episode in envs `ids` with `seeds`; returns their first windows."""
         return [self.envs[i].reset(seed=s) for i, s in zip(ids, seeds)]
 
+    def replay(self, ids: list[int], seeds: list[int], chunks: list[list[np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """Rebuild episodes in flight: reset env ids[j] with seeds[j], then run chunks[j] (its executed rows, in order).
+        Simulators are deterministic given the seed and the actions, so this puts back the exact state (resume).
+        Returns each env's current window."""
+        out = []
+        for i, seed, seq in zip(ids, seeds, chunks):
+            obs = self.envs[i].reset(seed=seed)
+            for c in seq:
+                obs = self.envs[i].step(np.asarray(c, dtype=np.float32)).obs
+            out.append(obs)
+        return out
+
     def step(self, chunks: np.ndarray) -> list[ChunkStep]:
         """Run chunks (n, H, Da) in env units, one per env; no resets (infos dropped: nothing reads them)."""
         out = []

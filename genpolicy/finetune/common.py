@@ -64,8 +64,9 @@ def make_venv(cfg: Any, task: str, policy: Any, n_envs: int, seed: int) -> Chunk
 
 
 def restore_or_refuse(cfg: Any, run_dir: Path, policy: Any, modules: dict, optimizers: dict,
-                      gen: torch.Generator, venv: ChunkEnvs) -> Optional[dict[str, Any]]:
-    """With run.resume: load the latest it_* checkpoint, restore RNGs and env seeds, return its trainer state.
+                      gens: dict[str, torch.Generator], venv: ChunkEnvs) -> Optional[dict[str, Any]]:
+    """With run.resume: load the latest it_* checkpoint, restore RNGs (the global one and `gens`) and the envs'
+    episodes in flight, return its trainer state.
     Without: refuse a run dir that already holds checkpoints (never overwrite a run). Returns None on a fresh run."""
     from genpolicy.training.checkpoint import load_finetune_state
 
@@ -79,17 +80,22 @@ def restore_or_refuse(cfg: Any, run_dir: Path, policy: Any, modules: dict, optim
     if latest is None:
         raise ConfigError(f"{run_dir}: run.resume=true but no checkpoint under {ckpt_root}")
     st = load_finetune_state(latest, policy, modules, optimizers)
-    gen.set_state(torch.tensor(st["generator"], dtype=torch.uint8))
+    missing = [k for k in gens if k not in st.get("generators", {})]
+    if missing or "envs" not in st:
+        raise ConfigError(f"{latest}: trainer state lacks {missing or ['envs']} (written by an older version); "
+                          "start a new run.dir")
+    for k, g in gens.items():
+        g.set_state(torch.tensor(st["generators"][k], dtype=torch.uint8))
     torch.set_rng_state(torch.tensor(st["torch_rng"], dtype=torch.uint8))
-    # resume at the iteration boundary: episodes in flight restart, with seeds that continue the sequence
-    venv.restart(st["env_next_seed"])
+    # resume at the iteration boundary: the episodes in flight are rebuilt where they were (VecChunkEnv replays them)
+    venv.restore(st["envs"])
     return st
 
 
-def rng_state(gen: torch.Generator, venv: ChunkEnvs) -> dict[str, Any]:
+def rng_state(gens: dict[str, torch.Generator], venv: ChunkEnvs) -> dict[str, Any]:
     """The part of the trainer state that `restore_or_refuse` puts back."""
-    return {"generator": gen.get_state().tolist(), "torch_rng": torch.get_rng_state().tolist(),
-            "env_next_seed": venv.next_seed}
+    return {"generators": {k: g.get_state().tolist() for k, g in gens.items()},
+            "torch_rng": torch.get_rng_state().tolist(), "envs": venv.state()}
 
 
 def save_rotating(run_dir: Path, it: int, policy: Any, saved_cfg: dict, state: dict, modules: dict,

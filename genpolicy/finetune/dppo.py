@@ -81,12 +81,18 @@ class DPPO:
         t = torch.arange(B, device=chain.device).repeat_interleave(self.Kft)  # (S,) transition index
         return {"cond": flat["cond"][t], "x": chain[t, j], "x_next": chain[t, j + 1], "j": j, "adv": flat["adv"][t]}
 
+    def step_dist(self, policy: GenerativePolicy, cond: torch.Tensor, x: torch.Tensor,
+                  j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Gaussian the log-prob scores fine-tuned step j under: mean and std (M, H, Da), std floored at
+        min_logprob_std (the exploration grid and network of `act`)."""
+        k = j + self.first_ft
+        mean, std = grid_step(self.grid, k, x, policy.make_denoiser(cond, cached=False))
+        return mean, torch.as_tensor(std, device=mean.device).clamp_min(self.c.min_logprob_std).expand_as(mean)
+
     def _log_prob(self, policy: GenerativePolicy, cond: torch.Tensor, x: torch.Tensor, x_next: torch.Tensor,
                   j: torch.Tensor) -> torch.Tensor:
         """Per-sample log-prob (M,): executed rows, std floored, clamped per element, averaged over (Ta, Da)."""
-        k = j + self.first_ft
-        mean, std = grid_step(self.grid, k, x, policy.make_denoiser(cond, cached=False))
-        std = torch.as_tensor(std, device=mean.device).clamp_min(self.c.min_logprob_std).expand_as(mean)
+        mean, std = self.step_dist(policy, cond, x, j)
         lp = gaussian_log_prob(x_next, mean, std)[:, : self.Ta]  # (M, Ta, Da)
         return lp.clamp(self.c.logprob_min, self.c.logprob_max).mean((1, 2))
 

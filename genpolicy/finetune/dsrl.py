@@ -16,6 +16,7 @@ Shapes: B batch, D = H * Da (a flattened chunk or noise), Dc conditioning dim, E
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -63,7 +64,8 @@ class DSRL:
             self.qw = QEnsemble(dc, d, c.n_q, w, depth).to(device)  # Q^W(s, w)
             self.opt_qw = torch.optim.Adam(self.qw.parameters(), lr=oc.lr)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
-        self.temp = Temperature(oc.init_temperature, c.target_entropy * d).to(device)
+        self.temp = Temperature(oc.init_temperature, c.target_entropy * d).to(device)  # on tanh-space log-probs
+        self.log_m = d * math.log(c.action_magnitude)  # w = m * u: log p_w(w) = log p_u(u) - D log m
         self.opt_actor = torch.optim.Adam(self.policy.steer.parameters(), lr=oc.lr)
         self.opt_q = torch.optim.Adam(self.q.parameters(), lr=oc.lr)
         self.opt_temp = torch.optim.Adam(self.temp.parameters(), lr=oc.lr)
@@ -106,7 +108,7 @@ class DSRL:
                 next_q = next_q - self.temp.alpha * nxt["log_prob"]
             return td_target(batch["reward"], batch["terminated"], next_q, self.oc.gamma)
 
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def update(self, batch: dict[str, torch.Tensor], update_actor: bool = True) -> dict[str, float]:
         enc = lambda x: self.policy.encode({"state": x})  # noqa: E731  (frozen encoder)
         with torch.no_grad():
             cond, cond_next = enc(batch["obs"]), enc(batch["next_obs"])
@@ -130,6 +132,9 @@ class DSRL:
                 loss_w.backward()
                 self.opt_qw.step()
             stats["loss_qw"] = loss_w.item()
+        if not update_actor:
+            soft_update(self.q_target, self.q, self.oc.tau)
+            return stats
         out = self.policy.steer(cond)
         critic = self.q if self.variant == "sac" else self.qw
         q_pi = critic(cond, out["w"])  # (E, B)
@@ -137,10 +142,10 @@ class DSRL:
         self.opt_actor.zero_grad()
         loss_pi.backward()
         self.opt_actor.step()
-        loss_t = self.temp.loss(out["log_prob"])
+        loss_t = self.temp.loss(out["log_prob"] + self.log_m)  # tanh-space density, as upstream measures it
         self.opt_temp.zero_grad()
         loss_t.backward()
         self.opt_temp.step()
         soft_update(self.q_target, self.q, self.oc.tau)
         return stats | {"loss_pi": loss_pi.item(), "alpha": self.temp.alpha.item(),
-                        "entropy_per_dim": -out["log_prob"].mean().item() / self.d}
+                        "entropy_per_dim": -(out["log_prob"].mean().item() + self.log_m) / self.d}  # tanh space

@@ -7,7 +7,9 @@ pre-update weights (the same function as the new ones, so the first ratio is exa
   fpo++: log rho_i = l_old,i - l_new,i for each pair (per-sample ratios), asymmetric trust region: PPO clip for
          positive advantages, SPO's rho*A - |A|/(2 eps) (rho - 1)^2 for negative ones.
 Losses use the executed Ta rows (as DPPO's log-probs do) and are clamped at loss_clamp; log-ratios at log_ratio_clamp.
-Any sampler may produce the rollout chunks (the ratio never needs a likelihood). The saved checkpoint evaluates from
+Any fixed-grid ODE sampler of the velocity (euler, heun, midpoint) may produce the rollout chunks (the ratio never
+needs a likelihood); sampler=shortcut is refused, because it acts with the step-size head d = dt while the ratio and
+the gradient come from the d = 0 velocity only. The saved checkpoint evaluates from
 zero initial noise (FPO++'s zero-noise evaluation) unless fpo.zero_noise_eval=false.
 
 Shapes: N envs, M minibatch, n N_mc pairs, H horizon, Ta executed steps, Da action dim, Dc conditioning dim.
@@ -30,6 +32,10 @@ class FPO:
     def __init__(self, bc: GenerativePolicy, cfg: FinetuneConfig, device: torch.device) -> None:
         if bc.cfg.sampler == "adaptive":
             raise ConfigError("algo=fpo needs a fixed-grid rollout sampler; set the checkpoint's sampler (e.g. euler)")
+        if bc.cfg.sampler == "shortcut":  # it would act with the step-size head (d = dt) but train only d = 0
+            raise ConfigError("algo=fpo trains the flow-matching velocity (shortcut step size 0) and would act with the "
+                              "shortcut head it never trains; this checkpoint samples with sampler=shortcut: use a "
+                              "checkpoint whose sampler is euler|heun|midpoint (the same weights with policy.sampler=euler)")
         self.c = cfg.fpo
         self.policy = policy_for_finetuning(bc, "fpo", "flow", device,
                                             init_noise_scale=0.0 if self.c.zero_noise_eval else 1.0)

@@ -152,7 +152,7 @@ class OffPolicyAlgo(Protocol):
 
     def act(self, obs: dict[str, torch.Tensor], warmup: bool) -> dict[str, torch.Tensor]: ...  # {"actions": (N,H,Da)}
 
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]: ...
+    def update(self, batch: dict[str, torch.Tensor], update_actor: bool = True) -> dict[str, float]: ...
 
     def describe(self) -> dict[str, Any]: ...
 
@@ -171,8 +171,12 @@ def make_offpolicy_algo(name: str, bc: Any, cfg: Any, device: torch.device) -> O
     raise ConfigError(f"unknown off-policy algo '{name}'; use dsrl or expo")
 
 
-def finetune_offpolicy(cfg: Any) -> dict[str, Any]:
-    """Fine-tune a BC checkpoint with DSRL or EXPO; returns the same summary as the on-policy loop."""
+def finetune_offpolicy(cfg: Any, on_end: Optional[Any] = None) -> dict[str, Any]:
+    """Fine-tune a BC checkpoint with DSRL or EXPO; returns the same summary as the on-policy loop.
+
+    Each collected vector step makes round(utd * n_envs) critic updates; the actor side (DSRL's noise actor, EXPO's
+    base, edit and temperature) updates on every round(utd)-th of them, i.e. once per collected transition, as
+    upstream RLPD-style code does (`update_actor`). Logged train/* values are means over the iteration's updates."""
     import json
     import time
     from dataclasses import asdict
@@ -220,10 +224,12 @@ def finetune_offpolicy(cfg: Any) -> dict[str, Any]:
     modules = {"replay": online, **algo.modules()}
     optimizers = algo.optimizers()
     gen = torch.Generator().manual_seed(cfg.run.seed)
+    gens = {"loop": gen, **({"algo": algo.gen} if hasattr(algo, "gen") else {})}  # all saved: resume is exact
+    actor_every = max(1, int(round(oc.utd)))
     per_iter = oc.chunk_steps_per_iter
     n_iters = max(1, math.ceil(oc.env_steps / (per_iter * oc.n_envs * pc.n_action_steps)))
     start_it, env_steps, curve, wall0, summary, n_updates = 0, 0, [], 0.0, {}, 0
-    st = restore_or_refuse(cfg, run_dir, policy, modules, optimizers, gen, venv)
+    st = restore_or_refuse(cfg, run_dir, policy, modules, optimizers, gens, venv)
     if st is not None:
         start_it, env_steps, curve, wall0 = st["iteration"], st["env_steps"], st["curve"], st["wallclock_s"]
         summary, n_updates = st["summary"], st["updates"]
@@ -245,14 +251,14 @@ def finetune_offpolicy(cfg: Any) -> dict[str, Any]:
 
     def save(it: int) -> Path:
         state = {"iteration": it, "env_steps": env_steps, "curve": curve, "wallclock_s": time.time() - t_start,
-                 "summary": summary, "updates": n_updates, **rng_state(gen, venv)}
+                 "summary": summary, "updates": n_updates, **rng_state(gens, venv)}
         return save_rotating(run_dir, it, policy, saved_cfg, state, modules, optimizers)
 
     bar = progress_bar(n_iters, f"{cfg.algo} {task}", "it", cfg.run.progress, initial=start_it)
     last_path = None
     with _StopFlag() as stop:
         for it in range(start_it, n_iters):
-            t0, t_upd, episodes, stats = time.time(), 0.0, [], {}
+            t0, t_upd, episodes, sums = time.time(), 0.0, [], {}
             for _ in range(per_iter):
                 obs = venv.batch_obs(device)
                 warm = env_steps < oc.warmup_env_steps
@@ -272,10 +278,12 @@ def finetune_offpolicy(cfg: Any) -> dict[str, Any]:
                     for _ in range(n_up):
                         batch = mixed_batch(online, offline if algo.uses_offline else None, oc.batch_size,
                                             oc.offline_ratio, gen)
-                        stats = algo.update(batch)
-                    n_updates += n_up
+                        n_updates += 1
+                        for k, v in algo.update(batch, update_actor=n_updates % actor_every == 0).items():
+                            tot = sums.setdefault(k, [0.0, 0])
+                            tot[0], tot[1] = tot[0] + v, tot[1] + 1
                     t_upd += time.time() - t1
-            metrics = {f"train/{k}": v for k, v in stats.items()}
+            metrics = {f"train/{k}": v / n for k, (v, n) in sums.items()}
             if episodes:
                 metrics["train/success_rate"] = float(np.mean([e["success"] for e in episodes]))
                 metrics["train/return"] = float(np.mean([e["return"] for e in episodes]))
@@ -301,6 +309,8 @@ def finetune_offpolicy(cfg: Any) -> dict[str, Any]:
     bar.close()
     logger.close()
     venv.close()
+    if on_end is not None:
+        on_end(policy)
     final = curve[-1]
     to90 = steps_to(curve)
     summary.update({"algo": cfg.algo, "task": task, "seed": cfg.run.seed, "final_success": final["success_rate"],

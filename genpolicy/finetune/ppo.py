@@ -20,7 +20,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 import torch
@@ -215,13 +215,14 @@ def reached_stop(evals: list[dict[str, Any]], target: float, patience: int) -> b
     return target > 0 and len(evals) >= patience and all(p["success_rate"] >= target for p in evals[-patience:])
 
 
-def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+def finetune(cfg: FinetuneConfig, on_end: Optional[Callable[[GenerativePolicy], None]] = None) -> dict[str, Any]:
     """Fine-tune a BC checkpoint; returns a summary (also written to summary.json). Off-policy algorithms (dsrl, expo)
-    run `offpolicy.finetune_offpolicy`, which returns the same summary keys."""
+    run `offpolicy.finetune_offpolicy`, which returns the same summary keys. `on_end` receives the fine-tuned policy
+    object as it is at the end (tests compare it with the saved checkpoint)."""
     if cfg.algo in ("dsrl", "expo"):
         from genpolicy.finetune.offpolicy import finetune_offpolicy
 
-        return finetune_offpolicy(cfg)
+        return finetune_offpolicy(cfg, on_end)
     from genpolicy.finetune.common import load_start, make_venv, restore_or_refuse, rng_state, save_rotating
     from genpolicy.training.bc import _StopFlag
     from genpolicy.training.evaluate import evaluate
@@ -245,13 +246,12 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(cfg.run.seed)
     start_it, env_steps, curve, wall0 = 0, 0, [], 0.0
     summary: dict[str, Any] = {}
-    st = restore_or_refuse(cfg, run_dir, policy, modules, optimizers, gen, venv)
+    st = restore_or_refuse(cfg, run_dir, policy, modules, optimizers, {"loop": gen}, venv)
     if st is not None:
         start_it, env_steps, curve, wall0 = st["iteration"], st["env_steps"], st["curve"], st["wallclock_s"]
         summary = st["summary"]
         if scaler is not None and st.get("scaler"):
-            scaler.load(st["scaler"])
-            scaler.ret = None  # the episodes it summed are gone: envs restarted
+            scaler.load(st["scaler"])  # with its running returns: the episodes they sum were rebuilt
 
     def run_eval(tag: str) -> dict[str, Any]:
         return evaluate(policy, task, n_episodes=cfg.eval.n_episodes, n_envs=cfg.eval.n_envs, seed=cfg.eval.seed,
@@ -270,7 +270,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
     def save(it: int) -> Path:
         state = {"iteration": it, "env_steps": env_steps, "curve": curve, "wallclock_s": time.time() - t_start,
-                 "summary": summary, "scaler": scaler.state() if scaler else None, **rng_state(gen, venv)}
+                 "summary": summary, "scaler": scaler.state() if scaler else None, **rng_state({"loop": gen}, venv)}
         return save_rotating(run_dir, it, policy, saved_cfg, state, modules, optimizers)
 
     bar = progress_bar(pc.iterations, f"{cfg.algo} {task}", "it", cfg.run.progress, initial=start_it)
@@ -319,6 +319,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     bar.close()
     logger.close()
     venv.close()
+    if on_end is not None:
+        on_end(policy)
     final = curve[-1]
     summary.update({"algo": cfg.algo, "task": task, "seed": cfg.run.seed, "final_success": final["success_rate"],
                     "final_return": final["mean_return"], "env_steps": env_steps,

@@ -91,6 +91,21 @@ class RaySlices:
                 out[pos] = o
         return out
 
+    def replay(self, ids: list[int], seeds: list[int], chunks: list[list[np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """`EnvSlice.replay` over the actors (each rebuilds its own envs); windows in `ids` order."""
+        per: dict[int, dict[str, list]] = {}
+        for pos, (i, seed, seq) in enumerate(zip(ids, seeds, chunks)):
+            w, local = self._owner(i)
+            part = per.setdefault(w, {"ids": [], "seeds": [], "chunks": [], "pos": []})
+            for k, v in (("ids", local), ("seeds", seed), ("chunks", seq), ("pos", pos)):
+                part[k].append(v)
+        futures = {w: self.actors[w].replay.remote(p["ids"], p["seeds"], p["chunks"]) for w, p in per.items()}
+        out: list[dict[str, np.ndarray]] = [{} for _ in ids]
+        for w, fut in futures.items():
+            for pos, o in zip(per[w]["pos"], self._ray.get(fut)):
+                out[pos] = o
+        return out
+
     def step(self, chunks: np.ndarray) -> list[EnvChunkStep]:
         """Chunks (N, H, Da) in env units: every actor steps its slice at the same time; results in env order."""
         futures = [a.step.remote(chunks[r.start:r.stop]) for a, r in zip(self.actors, self.ranges)]

@@ -93,14 +93,20 @@ class ReinFlow:
     def samples(self, flat: dict[str, Any]) -> dict[str, torch.Tensor]:
         return {"cond": flat["cond"], "chain": flat["chain"], "adv": flat["adv"]}
 
-    def _log_prob(self, cond: torch.Tensor, chain: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Normalised chain log-likelihood (M,) and entropy rate (M,), executed rows only."""
+    def step_dist(self, cond: torch.Tensor, chain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Gaussians the log-likelihood scores each step of a chain (M, K+1, H, Da) under: mean and sigma
+        (M*K, H, Da), rows ordered (sample, step)."""
         m = chain.shape[0]
         cond_rows = cond.repeat_interleave(self.K, 0)  # (M*K, Dc): rows are (sample, step) pairs
         x = chain[:, :-1].flatten(0, 1)  # (M*K, H, Da) all steps in one batch
         k = torch.arange(self.K, device=chain.device).repeat(m)  # (M*K,)
         mean, _ = grid_step(self.policy.grid, k, x, self.policy.make_denoiser(cond_rows, cached=False))
-        sigma = self.noise(cond_rows, k)  # (M*K, H, Da)
+        return mean, self.noise(cond_rows, k)
+
+    def _log_prob(self, cond: torch.Tensor, chain: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalised chain log-likelihood (M,) and entropy rate (M,), executed rows only."""
+        m = chain.shape[0]
+        mean, sigma = self.step_dist(cond, chain)  # (M*K, H, Da)
         lp = gaussian_log_prob(chain[:, 1:].flatten(0, 1), mean, sigma)[:, : self.Ta].sum((1, 2)).view(m, self.K)
         lp0 = gaussian_log_prob(chain[:, 0, : self.Ta], torch.zeros(()), torch.ones(())).sum((1, 2))  # (M,)
         n = (self.K + 1) * self.Ta * self.Da

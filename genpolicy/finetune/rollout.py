@@ -63,7 +63,11 @@ class ChunkEnvs(Protocol):
 
     def step(self, chunks: torch.Tensor, reward: str = "env") -> ChunkStep: ...  # chunks (N, H, Da) env units
 
-    def restart(self, next_seed: int) -> None: ...  # fresh episodes in every env, seeds from next_seed (resume)
+    def restart(self, next_seed: int) -> None: ...  # fresh episodes in every env, seeds from next_seed
+
+    def state(self) -> dict[str, Any]: ...  # what `restore` needs to continue exactly (saved with checkpoints)
+
+    def restore(self, state: dict[str, Any]) -> None: ...  # put back `state` (resume)
 
     def close(self) -> None: ...
 
@@ -99,6 +103,8 @@ class VecChunkEnv:
         self.spec: EnvSpec = self.runner.spec
         self.n_envs = n_envs
         self.next_seed = seed
+        # the episode in flight in each env: its seed and the rows it executed, so a resume can rebuild it exactly
+        self.ep_seed, self.ep_rows = [0] * n_envs, [[] for _ in range(n_envs)]
         self.obs: list[dict[str, np.ndarray]] = self._reset(list(range(n_envs)))
         self.ep_stats = [self._fresh_stats() for _ in range(n_envs)]
 
@@ -109,6 +115,8 @@ class VecChunkEnv:
     def _reset(self, ids: list[int]) -> list[dict[str, np.ndarray]]:
         seeds = list(range(self.next_seed, self.next_seed + len(ids)))
         self.next_seed += len(ids)
+        for i, s in zip(ids, seeds):
+            self.ep_seed[i], self.ep_rows[i] = s, []
         return self.runner.reset(ids, seeds) if ids else []
 
     def restart(self, next_seed: int) -> None:
@@ -116,12 +124,29 @@ class VecChunkEnv:
         self.obs = self._reset(list(range(self.n_envs)))
         self.ep_stats = [self._fresh_stats() for _ in range(self.n_envs)]
 
+    def state(self) -> dict[str, Any]:
+        """Seeds, the episodes in flight (seed, executed rows as float32 lists: exact in JSON) and their statistics."""
+        return {"next_seed": self.next_seed, "ep_seed": list(self.ep_seed),
+                "ep_rows": [[r.tolist() for r in rows] for rows in self.ep_rows],
+                "ep_stats": [dict(st) for st in self.ep_stats]}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Rebuild every episode in flight by replaying its rows from its seed: the envs continue exactly where the
+        saved run was (deterministic simulators), so a resumed run equals an uninterrupted one."""
+        ids = list(range(self.n_envs))
+        rows = [[np.asarray(r, dtype=np.float32) for r in env_rows] for env_rows in state["ep_rows"]]
+        self.obs = self.runner.replay(ids, list(state["ep_seed"]), rows)
+        self.ep_seed, self.ep_rows = list(state["ep_seed"]), rows
+        self.ep_stats = [dict(st) for st in state["ep_stats"]]
+        self.next_seed = state["next_seed"]
+
     def batch_obs(self, device: torch.device) -> dict[str, torch.Tensor]:
         return _to_device(self.obs, device)
 
     def step(self, chunks: torch.Tensor, reward: str = "env") -> ChunkStep:
         """Execute chunks (N, H, Da) in env units; finished episodes are logged and their envs reset."""
-        results = self.runner.step(chunks.detach().cpu().numpy())
+        sent = chunks.detach().cpu().numpy().astype(np.float32)
+        results = self.runner.step(sent)
         n = self.n_envs
         rewards, raw, term, trunc = np.zeros(n), np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
         episodes, ended = [], []
@@ -133,6 +158,7 @@ class VecChunkEnv:
             st["return"] += res.reward
             st["length"] += res.n_steps
             st["success"] = st["success"] or res.success
+            self.ep_rows[i].append(sent[i, : res.n_steps].copy())
             if res.terminated or res.truncated:
                 episodes.append({**st, "env": i})
                 self.ep_stats[i] = self._fresh_stats()

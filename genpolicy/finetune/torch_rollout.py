@@ -50,6 +50,14 @@ class TorchVecChunkEnv:
         self.ep_length = torch.zeros(self.n_envs, dtype=torch.long, device=self.device)  # (N,)
         self.ep_success = torch.zeros(self.n_envs, dtype=torch.bool, device=self.device)  # (N,)
 
+    def state(self) -> dict[str, Any]:
+        return {"next_seed": self.next_seed}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """A batched simulator cannot replay one sub-env: episodes in flight restart, with seeds that continue the
+        sequence (so resume here is reproducible but not identical to an uninterrupted run)."""
+        self.restart(state["next_seed"])
+
     def batch_obs(self, device: torch.device) -> dict[str, torch.Tensor]:
         return {"state": self.hist.to(device).clone()}  # (N, To, D); a copy: the buffer moves on
 
