@@ -200,23 +200,40 @@ def _saved(tmp_path: Path, **kw) -> Path:
     return ck
 
 
-@pytest.mark.parametrize("attack", ["escape", "symlink", "fifo"])
+@pytest.mark.parametrize("attack", ["escape-dev-zero", "escape-file", "symlink-dev-zero", "symlink-file", "fifo",
+                                    "huge-sparse"])
 def test_manifest_accepts_only_regular_files_inside(tmp_path: Path, attack: str) -> None:
+    """The /dev/zero and FIFO variants hung the loader forever; the -file variants (with correct hashes, as an
+    attacker can write them) read a file outside the checkpoint; a 50 GiB sparse file must not be read past the
+    size the manifest records."""
     from genpolicy.training.checkpoint import load_policy
 
     ck = _saved(tmp_path)
     man = json.loads((ck / "manifest.json").read_text())
-    if attack == "escape":
-        man["files"]["../../../../../../../../dev/zero"] = "0" * 64
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"secret")
+    if attack.startswith("escape"):
+        name = "../../../../../../../../dev/zero" if attack == "escape-dev-zero" else "../outside.bin"
+        man["files"][name] = _sha(outside)
+        man["sizes"][name] = outside.stat().st_size
         (ck / "manifest.json").write_text(json.dumps(man))
+    elif attack == "huge-sparse":
+        os.truncate(ck / "model.safetensors", 50 * 2**30)
     else:
-        (ck / "model.safetensors").unlink()
-        if attack == "symlink":
-            os.symlink("/dev/zero", ck / "model.safetensors")
+        weights = ck / "model.safetensors"
+        if attack == "symlink-file":
+            shutil.move(weights, outside)  # the real weights, hashes intact, but outside the checkpoint
         else:
-            os.mkfifo(ck / "model.safetensors")
-    with pytest.raises(CheckpointError, match="not a file name inside the checkpoint|symlink|not a regular file"):
+            weights.unlink()
+        if attack.startswith("symlink"):
+            os.symlink("/dev/zero" if attack == "symlink-dev-zero" else outside, weights)
+        else:
+            os.mkfifo(weights)
+    with pytest.raises(CheckpointError, match="not a file name inside the checkpoint|symlink|not a regular file|"
+                                              "size mismatch"):
         _returns_within(lambda: load_policy(ck))
+    if attack == "huge-sparse":
+        (ck / "model.safetensors").unlink()  # sparse, but pytest keeps its tmp dirs
 
 
 def _tamper_config(ck: Path, edit) -> None:
