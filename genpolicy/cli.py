@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -98,10 +99,12 @@ def compose(config_name: str, overrides: list[str], schema: type) -> Any:
         try:
             cfg = hydra_compose(config_name=config_name, overrides=overrides)
         except MissingConfigException as e:
-            bad = next((o for o in overrides if o.split("=", 1)[0] in ("task", "policy", "preset")), None)
-            if bad is None:
+            # Hydra names the option it could not find ("Could not find 'policy/nosuch'"); report that group and
+            # value, not the first group override given (which may be a valid task)
+            m = re.search(r"Could not find '([^/']+)/([^']+)'", str(e))
+            if m is None or m.group(1) not in ("task", "policy", "preset"):
                 raise
-            group, value = bad.split("=", 1)
+            group, value = m.groups()
             hint = "`genpolicy envs list`" if group == "task" else f"configs/{group}/"
             raise GenpolicyError(f"unknown {group} '{value}'; see {hint} ({' '.join(str(e).split()[:8])}...)") from None
     if plain_task is not None:
@@ -159,6 +162,14 @@ def cmd_eval(args: list[str]) -> int:
     task = cfg.task or saved_task.get("name", "")
     if not task:
         raise GenpolicyError(f"{cfg.ckpt}: the checkpoint does not name its task; pass task=<suite/name>")
+    # every input is checked before the run directory exists, so a refused eval leaves nothing behind
+    from genpolicy.envs.registry import task_spec
+    from genpolicy.errors import DataError
+
+    spec = task_spec(task, images=bool(policy.shape.cameras))
+    if (spec.state_dim, spec.action_dim) != (policy.shape.state_dim, policy.shape.action_dim):
+        raise DataError(f"task '{task}' has state/action dims ({spec.state_dim}, {spec.action_dim}) but {cfg.ckpt} "
+                        f"expects ({policy.shape.state_dim}, {policy.shape.action_dim})")
     run_dir = make_run_dir(cfg.run, f"eval-{slug(task)}-{policy.cfg.sampler}{policy.cfg.steps}")
     res = evaluate(policy, task, n_episodes=cfg.eval.n_episodes, n_envs=cfg.eval.n_envs, seed=cfg.eval.seed,
                    out_dir=run_dir / "eval", n_videos=cfg.eval.n_videos, images=bool(policy.shape.cameras),
@@ -326,6 +337,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from genpolicy.quiet import quiet_third_party
+
+    quiet_third_party()
     try:
         return cmd(argv[1:])
     except GenpolicyError as e:
@@ -338,6 +352,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept (resume with run.dir=<run> run.resume=true)", file=sys.stderr)
         return 130
+    finally:
+        # GL contexts of envs that an error path left open: closed now, not by __del__ after EGL is torn down
+        if "genpolicy.envs.mjrender" in sys.modules:
+            sys.modules["genpolicy.envs.mjrender"].close_all()
 
 
 if __name__ == "__main__":

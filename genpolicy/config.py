@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
+
+from numpy import bool_ as np_bool
 
 from genpolicy.errors import ConfigError
 
@@ -23,6 +26,49 @@ IMAGE_ENCODERS = ("resnet18", "conv")
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np_bool))
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np_bool))
+
+
+_TYPE_CHECKS = {"int": _is_int, "float": _is_real, "str": lambda v: isinstance(v, str),
+                "bool": lambda v: isinstance(v, (bool, np_bool))}
+_TYPE_NAMES = {"int": ("an integer", "integers"), "float": ("a number", "numbers"), "str": ("a string", "strings"),
+               "bool": ("true or false", "booleans")}
+
+
+def _check_types(obj: Any, prefix: str) -> None:
+    """Every field has its declared type. OmegaConf converts CLI values, but a saved config.json is built from JSON
+    directly, where `"width": "512"`, `1e9` for an int or `true` for a number must be refused, not computed with."""
+    for f in dataclasses.fields(obj):
+        t, v = str(f.type), getattr(obj, f.name)
+        if t in _TYPE_CHECKS:
+            ok = _TYPE_CHECKS[t](v)
+        elif t.startswith("list[") and t[5:-1] in _TYPE_CHECKS:
+            ok = isinstance(v, (list, tuple)) and all(_TYPE_CHECKS[t[5:-1]](x) for x in v)
+        else:
+            continue
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        want = f"a list of {_TYPE_NAMES[t[5:-1]][1]}" if t.startswith("list") else _TYPE_NAMES[t][0]
+        _check(ok, f"{key} must be {want}, got {v!r:.60} ({type(v).__name__})")
+        if t == "float":
+            _check(math.isfinite(v), f"{key} must be finite, got {v}")
+
+
+def _bounded(obj: Any, prefix: str, **bounds: tuple[int, int]) -> None:
+    """Size fields within [lo, hi]: every one of them sizes an allocation, a loop or a thread pool, and a value like
+    1e9 from a tampered config would exhaust memory instead of failing."""
+    for name, (lo, hi) in bounds.items():
+        v, key = getattr(obj, name), f"{prefix}.{name}" if prefix else name
+        if isinstance(v, (list, tuple)):
+            _check(all(lo <= x <= hi for x in v), f"{key} entries must be in [{lo}, {hi}], got {list(v)}")
+        else:
+            _check(lo <= v <= hi, f"{key} must be in [{lo}, {hi}], got {v}")
 
 
 @dataclass
@@ -82,6 +128,19 @@ class PolicyConfig:
     expo_min_q: int = 2  # heads in the subsampled minimum
 
     def __post_init__(self) -> None:
+        _check_types(self, "policy")
+        _bounded(self, "policy", n_obs_steps=(1, 64), horizon=(1, 1024), width=(1, 16384), depth=(1, 64),
+                 down_dims=(1, 8192), kernel_size=(1, 31), n_groups=(1, 512), time_dim=(2, 4096), steps=(1, 1000),
+                 num_train_timesteps=(1, 10_000), shortcut_levels=(1, 16), image_size=(8, 1024),
+                 image_feature_dim=(1, 4096), state_indices=(0, 65_535), steer_width=(1, 16384), steer_depth=(1, 64),
+                 expo_n_base=(1, 1024), expo_n_edit=(1, 1024), expo_n_q=(1, 64), expo_min_q=(1, 64),
+                 warm_start_steps=(0, 1000), ft_steps=(0, 1000))
+        _check(1 <= len(self.down_dims) <= 6 and len(self.state_indices) <= 65_536,
+               f"policy.down_dims must have 1 to 6 levels, got {len(self.down_dims)}")
+        # each bound alone still allows a net that no machine holds: 2 * depth * width^2 weights in the MLP's blocks
+        _check(2 * self.depth * self.width ** 2 <= 2**30,
+               f"policy.width={self.width} with policy.depth={self.depth} makes an MLP of about "
+               f"{2 * self.depth * self.width ** 2:.2e} weights; the limit is {2**30:.2e}")
         _check(self.steer in ("none", "dsrl", "expo"), f"policy.steer must be none|dsrl|expo, got '{self.steer}'")
         _check(self.steer_scale > 0, f"policy.steer_scale must be > 0, got {self.steer_scale}")
         _check(self.type in POLICY_TYPES, f"policy.type must be one of {POLICY_TYPES}, got '{self.type}'")
@@ -144,6 +203,8 @@ class TaskConfig:
     image_size: int = 0  # camera frames, square pixels, when recording demos; 0 = the task's own default (84)
 
     def __post_init__(self) -> None:
+        _check_types(self, "task")
+        _bounded(self, "task", max_episode_steps=(0, 10_000_000), image_size=(0, 1024))
         _check(self.max_episode_steps >= 0, f"task.max_episode_steps must be >= 0, got {self.max_episode_steps}")
         _check(self.image_size == 0 or self.image_size >= 16, f"task.image_size must be 0 or >= 16, got {self.image_size}")
 
@@ -161,6 +222,11 @@ class DataConfig:
     max_train_episodes: int = 0  # 0 = all; fewer makes a weak policy on purpose
     keep_failed: bool = False  # generation: also store episodes where the expert failed
     expert_path: str = ""  # trained (SAC) expert directory for tasks without a scripted one; empty = data/experts/<task>
+
+    def __post_init__(self) -> None:
+        _check_types(self, "data")
+        _bounded(self, "data", n_episodes=(1, 10_000_000), max_train_episodes=(0, 10_000_000))
+        _check(0 <= self.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
 
 
 @dataclass
@@ -183,6 +249,8 @@ class OptimConfig:
     dist_timeout_s: float = 1800.0  # bound on every collective; ranks wait at a barrier while rank 0 evaluates
 
     def __post_init__(self) -> None:
+        _check_types(self, "train")
+        _bounded(self, "train", steps=(1, 2**62), batch_size=(1, 2**20), warmup_steps=(0, 2**62))
         _check(self.steps >= 1, f"train.steps must be >= 1, got {self.steps}")
         _check(self.dist_backend in ("auto", "gloo", "nccl"),
                f"train.dist_backend must be auto|gloo|nccl, got '{self.dist_backend}'")
@@ -200,6 +268,8 @@ class EvalConfig:
     every: int = 0  # evaluate during training every N steps; 0 = only at the end
 
     def __post_init__(self) -> None:
+        _check_types(self, "eval")
+        _bounded(self, "eval", n_episodes=(1, 1_000_000), n_envs=(1, 1024), n_videos=(0, 10_000), every=(0, 2**62))
         _check(self.n_episodes >= 1, f"eval.n_episodes must be >= 1, got {self.n_episodes}")
         _check(self.n_envs >= 1, f"eval.n_envs must be >= 1, got {self.n_envs}")
 
@@ -217,6 +287,10 @@ class RunConfig:
     ckpt_every: int = 1000
     resume: bool = False
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check_types(self, "run")
+        _bounded(self, "run", threads=(0, 1024), log_every=(1, 2**62), ckpt_every=(1, 2**62))
 
 
 @dataclass
@@ -262,6 +336,10 @@ class PPOConfig:
     stop_patience: int = 2
 
     def __post_init__(self) -> None:
+        _check_types(self, "ppo")
+        _bounded(self, "ppo", n_envs=(1, 4096), n_steps=(1, 1_000_000), iterations=(1, 2**62), epochs=(1, 10_000),
+                 minibatch_size=(1, 2**20), warmup_iters=(0, 2**62), critic_warmup_iters=(0, 2**62),
+                 critic_width=(1, 16384), critic_depth=(1, 64))
         _check(0 <= self.stop_success <= 1 and self.stop_patience >= 1,
                f"ppo.stop_success must be in [0, 1] and ppo.stop_patience >= 1, got {self.stop_success}, {self.stop_patience}")
         for k in ("n_envs", "n_steps", "iterations", "epochs", "minibatch_size"):
@@ -289,6 +367,8 @@ class DPPOConfig:
     bc_coef: float = 0.0  # optional BC regulariser: likelihood of frozen-policy chains
 
     def __post_init__(self) -> None:
+        _check_types(self, "dppo")
+        _bounded(self, "dppo", steps=(0, 1000), ft_steps=(1, 1000))
         _check(self.sampler in ("", "ddim", "ddpm"), f"dppo.sampler must be ddim|ddpm, got '{self.sampler}'")
         _check(self.ft_steps >= 1, f"dppo.ft_steps must be >= 1, got {self.ft_steps}")
         _check(self.min_sampling_std > 0 and self.min_logprob_std > 0, "dppo.min_sampling_std and min_logprob_std must be > 0")
@@ -304,6 +384,8 @@ class FPOConfig:
     zero_noise_eval: bool = True  # the saved checkpoint samples from x0 = 0 (FPO++)
 
     def __post_init__(self) -> None:
+        _check_types(self, "fpo")
+        _bounded(self, "fpo", n_mc=(1, 1024))
         _check(self.variant in ("fpo", "fpo++"), f"fpo.variant must be fpo|fpo++, got '{self.variant}'")
         _check(self.n_mc >= 1, f"fpo.n_mc must be >= 1, got {self.n_mc}")
 
@@ -322,6 +404,9 @@ class ReinFlowConfig:
     likelihood_rows: str = "executed"  # executed (Ta rows, as the reference) | all (the whole sampled chunk)
 
     def __post_init__(self) -> None:
+        _check_types(self, "reinflow")
+        _bounded(self, "reinflow", noise_hidden=(1, 16384))
+        _check(len(self.noise_hidden) <= 16, f"reinflow.noise_hidden may have at most 16 layers, got {len(self.noise_hidden)}")
         _check(self.likelihood_rows in ("executed", "all"), f"reinflow.likelihood_rows must be executed|all, got '{self.likelihood_rows}'")
         _check(self.sampler in ("", "euler", "shortcut"), f"reinflow.sampler must be euler|shortcut, got '{self.sampler}'")
         _check(0 < self.sigma_min < self.sigma_max, f"reinflow needs 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
@@ -352,6 +437,10 @@ class OffPolicyConfig:
     init_temperature: float = 0.1
 
     def __post_init__(self) -> None:
+        _check_types(self, "offpolicy")
+        _bounded(self, "offpolicy", n_envs=(1, 4096), env_steps=(1, 2**62), chunk_steps_per_iter=(1, 1_000_000),
+                 batch_size=(1, 2**20), capacity=(1, 100_000_000), warmup_env_steps=(0, 2**62),
+                 critic_width=(1, 16384), critic_depth=(1, 64))
         for k in ("n_envs", "env_steps", "chunk_steps_per_iter", "batch_size", "capacity"):
             _check(getattr(self, k) >= 1, f"offpolicy.{k} must be >= 1, got {getattr(self, k)}")
         _check(self.utd > 0, f"offpolicy.utd must be > 0, got {self.utd}")
@@ -383,6 +472,8 @@ class DSRLConfig:
     steps: int = 0
 
     def __post_init__(self) -> None:
+        _check_types(self, "dsrl")
+        _bounded(self, "dsrl", n_q=(1, 64), width=(1, 16384), depth=(1, 64), qw_steps=(0, 1000), steps=(0, 1000))
         _check(self.variant in ("sac", "na"), f"dsrl.variant must be sac|na, got '{self.variant}'")
         _check(self.action_magnitude > 0, f"dsrl.action_magnitude must be > 0, got {self.action_magnitude}")
         _check(self.sampler in ("",) + DSRL_SAMPLERS,
@@ -409,6 +500,9 @@ class EXPOConfig:
     steps: int = 0
 
     def __post_init__(self) -> None:
+        _check_types(self, "expo")
+        _bounded(self, "expo", n_base=(1, 1024), n_edit=(1, 1024), n_q=(1, 64), n_min_q=(1, 64), width=(1, 16384),
+                 depth=(1, 64), steps=(0, 1000))
         _check(self.beta > 0 and 1 <= self.n_edit <= self.n_base and 1 <= self.n_min_q <= self.n_q,
                "expo needs beta > 0, 1 <= n_edit <= n_base, 1 <= n_min_q <= n_q")
         _check(self.steps >= 0, f"expo.steps must be >= 0, got {self.steps}")
@@ -430,6 +524,8 @@ class RolloutConfig:
     address: str = ""  # ray: ray.init(address=...) of a running cluster ("auto" = the local one); empty = start one here
 
     def __post_init__(self) -> None:
+        _check_types(self, "rollout")
+        _bounded(self, "rollout", workers=(1, 1024))
         _check(self.backend in ROLLOUT_BACKENDS, f"rollout.backend must be one of {ROLLOUT_BACKENDS}, got '{self.backend}'")
         _check(self.workers >= 1, f"rollout.workers must be >= 1, got {self.workers}")
 
@@ -489,6 +585,9 @@ class SACExpertConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check_types(self, "expert")
+        _bounded(self, "expert", steps=(1, 2**62), batch_size=(1, 2**20), width=(1, 16384), eval_every=(1, 2**62),
+                 eval_episodes=(1, 10_000), start_steps=(0, 2**62))
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError("expert.steps and expert.batch_size must be >= 1")
 
@@ -508,11 +607,18 @@ class DataCommandConfig:
 
 def policy_config_from_dict(d: dict[str, Any], source: str) -> PolicyConfig:
     """Rebuild a PolicyConfig from saved JSON; unknown keys are an error naming the file."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source}: 'policy.config' must be an object, got {type(d).__name__}")
     known = {f.name for f in dataclasses.fields(PolicyConfig)}
     extra = sorted(set(d) - known)
     if extra:
         raise ConfigError(f"{source}: unknown policy keys {extra}")
-    return PolicyConfig(**d)
+    try:
+        return PolicyConfig(**d)
+    except ConfigError as e:  # the message names the key; add the file it came from
+        raise ConfigError(f"{source}: {e}") from None
+    except TypeError as e:  # e.g. a list where a number belongs, caught by a comparison before the type check
+        raise ConfigError(f"{source}: invalid policy config ({e})") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -532,6 +638,7 @@ class SafetyConfig:
     workspace_high: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        _check_types(self, "safety")
         _check(0 <= self.margin < 0.5, f"safety.margin must be in [0, 0.5), got {self.margin}")
 
 
@@ -550,6 +657,9 @@ class ControllerConfig:
     max_steps: int = 0  # per episode; 0 = the task's max_episode_steps
 
     def __post_init__(self) -> None:
+        _check_types(self, "controller")
+        _bounded(self, "controller", blend_steps=(1, 1000), hold_after=(1, 1_000_000), request_every=(0, 1_000_000),
+                 max_steps=(0, 2**62))
         _check(0 < self.rate_hz <= 1000, f"controller.rate_hz must be in (0, 1000], got {self.rate_hz}")
         _check(self.blending in ("latest", "blend", "ensemble"),
                f"controller.blending must be latest|blend|ensemble, got '{self.blending}'")
@@ -569,6 +679,7 @@ class RobotConfig:
     max_action_rate: float = 0.0  # sim actuator: max change of the applied command per control period (0 = none)
 
     def __post_init__(self) -> None:
+        _check_types(self, "robot")
         _check(self.type in ("sim", "lerobot_sim"), f"robot.type must be sim|lerobot_sim, got '{self.type}'")
         _check(0 <= self.drop_prob < 1, f"robot.drop_prob must be in [0, 1), got {self.drop_prob}")
 
@@ -584,8 +695,19 @@ class ServeConfig:
     max_bytes: int = 64 * 2**20  # frame size cap, both directions
     deadline_ms: float = 1000.0  # client: every call; server: time allowed to receive one frame
     warmup: bool = True  # run one inference before accepting connections
+    # server limits against hostile or leaky clients: connections beyond the cap are refused with an error reply,
+    # a connection silent this long is closed (clients reconnect on their next call), and frames being received
+    # may hold at most max_buffered_bytes together (a frame that would exceed it is refused)
+    max_connections: int = 16
+    idle_timeout_s: float = 30.0
+    max_buffered_bytes: int = 128 * 2**20
 
     def __post_init__(self) -> None:
+        _check_types(self, "serve")
+        _bounded(self, "serve", max_connections=(1, 4096))
+        _check(0 < self.idle_timeout_s <= 86_400, f"serve.idle_timeout_s must be in (0, 86400], got {self.idle_timeout_s}")
+        _check(self.max_bytes <= self.max_buffered_bytes <= 2**40,
+               f"serve.max_buffered_bytes must be in [serve.max_bytes={self.max_bytes}, 1 TiB], got {self.max_buffered_bytes}")
         _check(self.codec in ("msgpack", "safetensors"), f"serve.codec must be msgpack|safetensors, got '{self.codec}'")
         _check(0 <= self.port < 65536, f"serve.port must be in [0, 65536), got {self.port}")
         _check(1024 <= self.max_bytes <= 2**31 - 1, f"serve.max_bytes must be in [1 KiB, 2 GiB), got {self.max_bytes}")
@@ -599,6 +721,15 @@ class ServeCommandConfig:
     ckpt: str = ""
     use_ema: bool = True
     serve: ServeConfig = field(default_factory=lambda: ServeConfig(port=8765))
+
+
+def parse_address(addr: str, key: str) -> tuple[str, int]:
+    """'host:port' -> (host, port), refused in one line naming the key: a port outside 1-65535 or not a number
+    would otherwise surface as a ValueError or OverflowError from the socket layer."""
+    host, sep, port = str(addr).rpartition(":")
+    _check(bool(sep and host and port), f"{key}={addr!r}: expected <host>:<port>")
+    _check(port.isdigit() and 1 <= int(port) <= 65535, f"{key}={addr!r}: port must be a number in 1-65535, got {port!r}")
+    return host, int(port)
 
 
 @dataclass
@@ -620,7 +751,10 @@ class DeployConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
+        _check_types(self, "")
+        _bounded(self, "", n_episodes=(1, 1_000_000))
         _check(self.inference in ("thread", "process", "remote"),
                f"inference must be thread|process|remote, got '{self.inference}'")
-        _check(self.inference != "remote" or ":" in self.server, "inference=remote needs server=<host>:<port>")
+        if self.inference == "remote":
+            parse_address(self.server, "server")
         _check(self.n_episodes >= 1, f"n_episodes must be >= 1, got {self.n_episodes}")

@@ -16,6 +16,20 @@ from genpolicy.training.checkpoint import load_policy, save_checkpoint
 from tests.conftest import tiny_policy_cfg
 
 
+def resign(ck: Path) -> None:
+    """Re-sign a tampered checkpoint's manifest (hashes and sizes), as an attacker could: only the checks after
+    the manifest can catch what was changed."""
+    from genpolicy.training.checkpoint import _sha256
+
+    man = json.loads((ck / "manifest.json").read_text())
+    for name in man["files"]:
+        f = ck / name
+        if f.is_file() and not f.is_symlink():
+            man["files"][name] = _sha256(f)
+            man["sizes"][name] = f.stat().st_size
+    (ck / "manifest.json").write_text(json.dumps(man))
+
+
 def _policy(ptype: str = "diffusion", sampler: str = "ddim", cams: list[str] | None = None, px: int = 32, **kw):
     torch.manual_seed(0)
     shape = ShapeMeta(state_dim=4, action_dim=2, cameras=cams or [], image_size=px)
@@ -107,12 +121,7 @@ def test_strict_load_rejects_mismatched_weights(tmp_path: Path) -> None:
     cfg = json.loads(cfg_path.read_text())
     cfg["policy"]["config"]["width"] = 32
     cfg_path.write_text(json.dumps(cfg))
-    # re-sign the manifest so only the strict key/shape check can catch it
-    from genpolicy.training.checkpoint import _sha256
-
-    man = json.loads((tmp_path / "ck" / "manifest.json").read_text())
-    man["files"]["config.json"] = _sha256(cfg_path)
-    (tmp_path / "ck" / "manifest.json").write_text(json.dumps(man))
+    resign(tmp_path / "ck")  # so only the strict key/shape check can catch it
     with pytest.raises(CheckpointError, match="do not match"):
         load_policy(tmp_path / "ck")
 

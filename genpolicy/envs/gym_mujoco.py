@@ -47,7 +47,13 @@ class GymMujocoEnv:
         return {"state": obs.astype(np.float32)}, float(r), bool(term), bool(trunc), {"success": False}
 
     def render(self) -> np.ndarray:
-        return np.asarray(self._env.render())
+        frame = np.asarray(self._env.render())
+        if not getattr(self, "_gl_tracked", False):  # gymnasium made its GL context now: close it before EGL exits
+            from genpolicy.envs.mjrender import track
+
+            track(self)
+            self._gl_tracked = True
+        return frame
 
     def close(self) -> None:
         self._env.close()

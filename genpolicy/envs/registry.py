@@ -13,6 +13,9 @@ from typing import Any
 
 from genpolicy.envs.base import Env, EnvSpec, Expert
 from genpolicy.errors import ConfigError
+from genpolicy.quiet import quiet_third_party
+
+quiet_third_party()  # before any simulator is imported through this registry
 
 # Meta-World MT50, in metaworld.env_dict.MT50_V3 order (a test keeps this equal to the installed package's list).
 METAWORLD_TASKS = (

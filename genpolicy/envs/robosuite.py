@@ -216,6 +216,10 @@ class RobosuiteEnv:
             hard_reset=False,
             seed=seed,
         )
+        if images:  # the offscreen EGL context exists now: close it before robosuite's atexit eglTerminate runs
+            from genpolicy.envs.mjrender import track
+
+            track(self)
         low, high = self._env.action_spec
         self.spec = EnvSpec(
             name=f"robosuite/{self._cfg.name}",
@@ -267,6 +271,9 @@ class RobosuiteEnv:
         sim = self._env.sim
         if sim._render_context_offscreen is None:
             MjRenderContextOffscreen(sim, device_id=-1)  # registers itself on sim
+            from genpolicy.envs.mjrender import track
+
+            track(self)  # robosuite's EGL context: close it before its atexit eglTerminate runs
         frame = sim.render(camera_name=self.render_camera, width=self.render_size, height=self.render_size)
         return np.ascontiguousarray(frame[::-1])  # MuJoCo renders bottom-up (OpenGL convention)
 

@@ -34,6 +34,16 @@ class ShapeMeta:
     cameras: list[str] = field(default_factory=list)
     image_size: int = 84
 
+    def __post_init__(self) -> None:
+        # also built from a checkpoint's config.json, so check types and bounds (sizes allocate layers)
+        from genpolicy.config import _bounded, _check_types
+
+        _check_types(self, "policy.shape")
+        _bounded(self, "policy.shape", state_dim=(1, 65_536), action_dim=(1, 4096), image_size=(8, 1024))
+        if len(self.cameras) > 16 or len(set(self.cameras)) != len(self.cameras) or not all(
+                c and c.replace("_", "").replace("-", "").isalnum() for c in self.cameras):
+            raise ConfigError(f"policy.shape.cameras must be at most 16 distinct names, got {self.cameras!r:.80}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

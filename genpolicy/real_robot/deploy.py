@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from genpolicy.config import DeployConfig, ServeCommandConfig
+from genpolicy.config import DeployConfig, ServeCommandConfig, parse_address
 from genpolicy.errors import GenpolicyError
 from genpolicy.real_robot.clock import MonotonicClock
 from genpolicy.real_robot.controller import Controller
@@ -102,7 +102,6 @@ def deploy(cfg: DeployConfig) -> dict[str, Any]:
 
     if not cfg.ckpt and cfg.inference != "remote":
         raise GenpolicyError("deploy needs ckpt=<checkpoint directory> (or inference=remote server=host:port)")
-    run_dir = make_run_dir(cfg.run, f"deploy-{cfg.robot.type}")
     clock = MonotonicClock()
     with ExitStack() as stack:
         # the policy side first: its features are checked against the robot's before connect
@@ -114,8 +113,8 @@ def deploy(cfg: DeployConfig) -> dict[str, Any]:
                 stack.callback(proc.close)
                 host, port = proc.host, proc.port
             else:
-                host, port = cfg.server.rsplit(":", 1)
-            runner = PolicyClient(host, int(port), cfg.serve.token, cfg.serve.codec, cfg.serve.deadline_ms / 1e3,
+                host, port = parse_address(cfg.server, "server")
+            runner = PolicyClient(host, port, cfg.serve.token, cfg.serve.codec, cfg.serve.deadline_ms / 1e3,
                                   cfg.serve.max_bytes)
             stack.callback(runner.close)
         spec = runner.spec
@@ -129,15 +128,19 @@ def deploy(cfg: DeployConfig) -> dict[str, Any]:
                                           1.0 / cfg.controller.rate_hz, robot.features.position_dims)
         worker = InferenceWorker(runner, inject_latency_s=cfg.inject_latency_ms / 1e3)
         stack.callback(worker.close)
-        recorder = None
+        # the inputs (checkpoint or server, robot, features) are checked: only now does the run directory exist
+        run_dir = make_run_dir(cfg.run, f"deploy-{cfg.robot.type}")
+        recorder, first = None, 0
         if cfg.record:
             from genpolicy.real_robot.recorder import EpisodeRecorder
 
             recorder = EpisodeRecorder(run_dir, cfg.controller.rate_hz, task)
+            # a deploy into a run that already recorded episodes continues their numbering and their seeds
+            first = recorder.next_episode
         ctl = stack.enter_context(Controller(robot, worker, safety, spec, cfg.controller, clock))  # connects
         max_steps = cfg.controller.max_steps or sim.max_episode_steps
         episodes, lateness, jumps, step_changes = [], [], [], []
-        bar = tqdm(range(cfg.n_episodes), desc="deploy", unit="ep", disable=not cfg.run.progress)
+        bar = tqdm(range(first, first + cfg.n_episodes), desc="deploy", unit="ep", disable=not cfg.run.progress)
         for i in bar:
             sim.start_episode(cfg.seed + i)
             rep = ctl.run_episode(max_steps, should_stop=lambda: sim.success or sim.done, record=recorder is not None)

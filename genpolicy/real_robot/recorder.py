@@ -40,6 +40,12 @@ class EpisodeRecorder:
             self.infos = list(rb.attrs.get("episodes", []))
 
     @property
+    def next_episode(self) -> int:
+        """The number the next episode gets: one past the highest recorded (0 for a new recording)."""
+        nums = [int(i["episode"]) for i in self.infos if isinstance(i.get("episode"), (int, float))]
+        return max(nums, default=len(self.episodes) - 1) + 1
+
+    @property
     def dataset_dir(self) -> Path:
         return self.out / "dataset"
 

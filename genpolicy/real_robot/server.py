@@ -6,6 +6,12 @@ Every request carries "token" when the server has one. Errors come back as {"ok"
 decoder refuses closes that connection. The server binds loopback by default and refuses a non-loopback address
 without a token. Frames are capped in size, each frame must arrive within the deadline once it has started, and one
 model serves one request at a time.
+
+Against hostile or leaky clients the server also bounds what they can hold: at most `serve.max_connections` open
+connections (more are refused with an error reply), a connection silent for `serve.idle_timeout_s` is closed, and the
+frames being received share a `serve.max_buffered_bytes` budget. Running out of file descriptors (EMFILE) or memory
+while accepting only pauses the accept loop, which then keeps accepting. Observations with NaN or inf, and actions
+that come out non-finite (e.g. from finite but huge inputs), are refused rather than served.
 """
 
 from __future__ import annotations
@@ -24,7 +30,26 @@ from genpolicy.errors import GenpolicyError
 from genpolicy.real_robot.inference import PolicyRunner, PolicySpec
 from genpolicy.real_robot.wire import DeadlineExceeded, WireError, read_frame, send_frame
 
-IDLE_TIMEOUT_S = 300.0  # a connected client may stay silent this long between requests
+ACCEPT_BACKOFF_MAX_S = 1.0  # longest pause of the accept loop after a failed accept (e.g. out of descriptors)
+
+
+class _ByteBudget:
+    """Bytes reserved by frames being received, across connections; a reservation beyond the cap is refused."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.used = cap, 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > self.cap:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
 
 
 def _is_loopback(host: str) -> bool:
@@ -32,6 +57,10 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
     except (OSError, ValueError):
         return False
+
+
+class _Busy(WireError):
+    """A frame refused for lack of buffer budget (not malformed; the client may retry)."""
 
 
 class PolicyServer:
@@ -46,7 +75,11 @@ class PolicyServer:
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
         self._threads: list[threading.Thread] = []
-        self.stats = {"requests": 0, "errors": 0, "rejected_frames": 0, "auth_failures": 0}
+        self._conn_lock = threading.Lock()
+        self._open = 0  # connections being served
+        self._budget = _ByteBudget(cfg.max_buffered_bytes)
+        self.stats = {"requests": 0, "errors": 0, "rejected_frames": 0, "auth_failures": 0, "accept_errors": 0,
+                      "refused_connections": 0, "refused_nonfinite": 0}
 
     def start(self) -> tuple[str, int]:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -75,37 +108,87 @@ class PolicyServer:
             t.join(timeout=2.0)
 
     def _accept_loop(self) -> None:
+        backoff = 0.0
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
             except socket.timeout:
                 continue
             except OSError:
-                return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            t = threading.Thread(target=self._serve_conn, args=(conn,), daemon=True)
-            t.start()
+                if self._stop.is_set() or self._sock.fileno() < 0:
+                    return  # closed by close()
+                # EMFILE/ENFILE (descriptors exhausted), ENOBUFS/ENOMEM, ECONNABORTED: none is a reason to stop
+                # serving for good. Pause (the pending client waits in the backlog) and accept again.
+                self.stats["accept_errors"] += 1
+                backoff = min(max(2 * backoff, 0.01), ACCEPT_BACKOFF_MAX_S)
+                self._stop.wait(backoff)
+                continue
+            backoff = 0.0
+            with self._conn_lock:
+                full = self._open >= self.cfg.max_connections
+                if not full:
+                    self._open += 1
+            if full:  # refuse at once: a parked thread per hostile connection is what the cap prevents
+                self.stats["refused_connections"] += 1
+                with conn:
+                    self._try_send(conn, {"ok": False, "error": f"server busy: {self.cfg.max_connections} connections "
+                                                                 "open (serve.max_connections); retry later"},
+                                   "msgpack", timeout_s=0.1)
+                continue
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                t = threading.Thread(target=self._serve_conn, args=(conn,), daemon=True)
+                t.start()
+            except (OSError, RuntimeError):  # no thread to spare: drop this client, keep accepting
+                with self._conn_lock:
+                    self._open -= 1
+                conn.close()
+                self.stats["accept_errors"] += 1
+                continue
             self._threads = [x for x in self._threads if x.is_alive()] + [t]
 
     def _serve_conn(self, conn: socket.socket) -> None:
-        frame_s = self.cfg.deadline_ms / 1e3
-        with conn:
-            while not self._stop.is_set():
-                try:
-                    msg, codec = read_frame(conn, self.cfg.max_bytes, time.monotonic() + IDLE_TIMEOUT_S, frame_timeout=frame_s)
-                except WireError as e:
-                    self.stats["rejected_frames"] += 1
-                    self._try_send(conn, {"ok": False, "error": f"rejected frame: {e}"}, "msgpack")
-                    return  # the stream cannot be trusted after a bad frame
-                except (DeadlineExceeded, ConnectionError, OSError):
-                    return
-                reply = self._handle(msg)
-                if not self._try_send(conn, reply, codec):
-                    return
-
-    def _try_send(self, conn: socket.socket, reply: dict, codec: str) -> bool:
         try:
-            send_frame(conn, reply, codec, self.cfg.max_bytes, time.monotonic() + self.cfg.deadline_ms / 1e3)
+            with conn:
+                while not self._stop.is_set():
+                    if not self._serve_one(conn):
+                        return
+        finally:
+            with self._conn_lock:
+                self._open -= 1
+
+    def _serve_one(self, conn: socket.socket) -> bool:
+        """One request and its reply; False when the connection is to be closed."""
+        held = 0
+
+        def reserve(n: int) -> None:  # called with the payload size once the header is in, before the payload
+            nonlocal held
+            if not self._budget.take(n):
+                raise _Busy(f"server busy: a {n}-byte frame would exceed serve.max_buffered_bytes="
+                            f"{self.cfg.max_buffered_bytes} held by frames being received; retry later")
+            held = n
+
+        try:
+            try:
+                msg, codec = read_frame(conn, self.cfg.max_bytes, time.monotonic() + self.cfg.idle_timeout_s,
+                                        frame_timeout=self.cfg.deadline_ms / 1e3, on_header=reserve)
+            except WireError as e:
+                self.stats["rejected_frames"] += 1
+                self._try_send(conn, {"ok": False, "error": str(e) if isinstance(e, _Busy) else f"rejected frame: {e}"},
+                               "msgpack")
+                return False  # the stream cannot be trusted after a bad frame (or one left unread)
+            except (DeadlineExceeded, ConnectionError, OSError):  # idle past serve.idle_timeout_s, slow, or gone
+                return False
+            reply = self._handle(msg)
+            del msg  # the request's arrays go before the budget is given back
+            return self._try_send(conn, reply, codec)
+        finally:
+            self._budget.give(held)
+
+    def _try_send(self, conn: socket.socket, reply: dict, codec: str, timeout_s: float | None = None) -> bool:
+        try:
+            wait = self.cfg.deadline_ms / 1e3 if timeout_s is None else timeout_s
+            send_frame(conn, reply, codec, self.cfg.max_bytes, time.monotonic() + wait)
             return True
         except (WireError, DeadlineExceeded, OSError):
             return False
@@ -123,6 +206,12 @@ class PolicyServer:
             if not isinstance(obs, dict) or not all(isinstance(v, np.ndarray) for v in obs.values()):
                 self.stats["errors"] += 1
                 return {"ok": False, "error": "infer needs 'obs': a map of arrays"}
+            bad = sorted(k for k, v in obs.items() if v.dtype.kind == "f" and not np.isfinite(v).all())
+            if bad:
+                self.stats["errors"] += 1
+                self.stats["refused_nonfinite"] += 1
+                return {"ok": False, "error": f"observation {', '.join(repr(k) for k in bad)} contains NaN or inf; "
+                                              "refused (a policy cannot act on it)"}
             t0 = time.perf_counter()
             try:
                 with self._model_lock:
@@ -130,6 +219,11 @@ class PolicyServer:
             except GenpolicyError as e:
                 self.stats["errors"] += 1
                 return {"ok": False, "error": str(e)}
+            if not np.isfinite(actions).all():  # e.g. finite but huge observations that overflow in the network
+                self.stats["errors"] += 1
+                self.stats["refused_nonfinite"] += 1
+                return {"ok": False, "error": "the policy produced non-finite actions for this observation (values far "
+                                              "outside the training range?); refused"}
             return {"ok": True, "id": msg.get("id"), "actions": actions, "infer_ms": (time.perf_counter() - t0) * 1e3}
         self.stats["errors"] += 1
         return {"ok": False, "error": f"unknown op {op!r} (spec | infer)"}
@@ -141,18 +235,31 @@ class PolicyClient:
 
     def __init__(self, host: str, port: int, token: str = "", codec: str = "msgpack", deadline_s: float = 1.0,
                  max_bytes: int = 64 * 2**20) -> None:
+        if not 1 <= int(port) <= 65535:
+            raise GenpolicyError(f"policy server {host}:{port}: port must be in 1-65535")
         self.addr = (host, int(port))
         self.token, self.codec, self.deadline_s, self.max_bytes = token, codec, float(deadline_s), int(max_bytes)
         self._sock: socket.socket | None = None
         self._id = 0
-        self.spec = PolicySpec.from_dict(self._call({"op": "spec"})["spec"], f"server {host}:{port}")
+        try:
+            spec = self._call({"op": "spec"})["spec"]
+        except ConnectionError as e:  # at start-up a failed connection is the user's input error: one line
+            raise GenpolicyError(str(e)) from None
+        self.spec = PolicySpec.from_dict(spec, f"server {host}:{port}")
 
     def _connect(self, deadline: float) -> socket.socket:
         if self._sock is None:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DeadlineExceeded(f"deadline passed before connecting to {self.addr[0]}:{self.addr[1]}")
-            s = socket.create_connection(self.addr, timeout=left)
+            try:
+                s = socket.create_connection(self.addr, timeout=left)
+            except socket.timeout:
+                raise DeadlineExceeded(f"policy server {self.addr[0]}:{self.addr[1]}: no connection within the "
+                                       f"deadline ({self.deadline_s:.2f} s)") from None
+            except (OSError, OverflowError, UnicodeError) as e:
+                what = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                raise ConnectionError(f"policy server {self.addr[0]}:{self.addr[1]}: cannot connect ({what})") from None
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sock = s
         return self._sock
@@ -166,15 +273,23 @@ class PolicyClient:
         deadline = time.monotonic() + self.deadline_s
         if self.token:
             msg = msg | {"token": self.token}
-        try:
-            sock = self._connect(deadline)
-            send_frame(sock, msg, self.codec, self.max_bytes, deadline)
-            reply, _ = read_frame(sock, self.max_bytes, deadline)
-        except (DeadlineExceeded, WireError, OSError) as e:
-            self.close()
-            if isinstance(e, (DeadlineExceeded, WireError)):
-                raise
-            raise ConnectionError(f"policy server {self.addr[0]}:{self.addr[1]}: {e}") from None
+        for attempt in (0, 1):
+            reused = self._sock is not None
+            try:
+                sock = self._connect(deadline)
+                send_frame(sock, msg, self.codec, self.max_bytes, deadline)
+                reply, _ = read_frame(sock, self.max_bytes, deadline)
+                break
+            except (DeadlineExceeded, WireError, OSError) as e:
+                self.close()
+                if isinstance(e, (DeadlineExceeded, WireError)):
+                    raise
+                # the server closes idle connections: a kept-alive socket found closed is retried once, fresh
+                if reused and attempt == 0 and time.monotonic() < deadline:
+                    continue
+                if str(e).startswith("policy server "):
+                    raise
+                raise ConnectionError(f"policy server {self.addr[0]}:{self.addr[1]}: {e}") from None
         if not reply.get("ok"):
             raise GenpolicyError(f"policy server {self.addr[0]}:{self.addr[1]}: {reply.get('error', 'error')}")
         return reply

@@ -16,7 +16,7 @@ import json
 import socket
 import struct
 import time
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 import numpy as np
@@ -251,13 +251,18 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
     return bytes(buf)
 
 
-def read_frame(sock: socket.socket, max_bytes: int, deadline: float, frame_timeout: float | None = None) -> tuple[dict, str]:
+def read_frame(sock: socket.socket, max_bytes: int, deadline: float, frame_timeout: float | None = None,
+               on_header: Callable[[int], None] | None = None) -> tuple[dict, str]:
     """Read one frame; returns (message, codec). Waits for its first byte until `deadline` (monotonic); the rest must
-    arrive by `deadline`, or within `frame_timeout` seconds of the first byte when given (a server's idle wait)."""
+    arrive by `deadline`, or within `frame_timeout` seconds of the first byte when given (a server's idle wait).
+    `on_header(n)` is called with the payload length before the payload is received (a server reserves its buffer
+    there, and may refuse by raising WireError)."""
     head = _recv_exact(sock, 1, deadline)
     rest = time.monotonic() + frame_timeout if frame_timeout is not None else deadline
     head += _recv_exact(sock, HEADER.size - 1, rest)
     codec, n = parse_header(head, max_bytes)
+    if on_header is not None:
+        on_header(n)
     return decode_payload(_recv_exact(sock, n, rest), codec, max_bytes), codec
 
 

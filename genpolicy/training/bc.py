@@ -30,10 +30,11 @@ from genpolicy.datasets.replay_buffer import ReplayBuffer
 from genpolicy.datasets.sequence import SequenceSampler, split_episodes
 from genpolicy.envs.registry import task_spec
 from genpolicy.errors import CheckpointError, ConfigError, DataError
-from genpolicy.fsutil import replace_dir, temp_sibling
+from genpolicy.fsutil import copy_dir_atomic
 from genpolicy.policies import GenerativePolicy, ShapeMeta, make_policy
 from genpolicy.training import dist
-from genpolicy.training.checkpoint import load_training_state, read_config, read_manifest, save_checkpoint
+from genpolicy.training.checkpoint import (load_training_state, read_config, read_manifest, read_trainer_meta,
+                                           save_checkpoint)
 from genpolicy.training.ema import EMA
 from genpolicy.training.evaluate import evaluate
 from genpolicy.training.runs import MetricsLogger, make_run_dir, progress_bar, resolve_device, slug
@@ -85,6 +86,56 @@ def _latest_checkpoint(run_dir: Path) -> Path | None:
         except CheckpointError:
             continue
     return None
+
+
+NO_BEST = {"success_rate": -1.0, "step": -1}
+
+
+def _best_held(run_dir: Path) -> dict[str, Any] | None:
+    """The record {success_rate, step} of the complete copy in checkpoints/best, or None when there is none.
+
+    A best copy is a step checkpoint whose trainer state names itself the best (see `run_eval`)."""
+    best_dir = run_dir / "checkpoints" / "best"
+    if not best_dir.exists():
+        return None
+    try:
+        manifest = read_manifest(best_dir)
+        held = read_trainer_meta(best_dir).get("best")
+    except CheckpointError:
+        return None
+    if not isinstance(held, dict) or held.get("step") != manifest.get("step"):
+        return None
+    return held
+
+
+def _restore_best(run_dir: Path, recorded: dict[str, Any] | None) -> tuple[dict[str, Any], int]:
+    """On resume: make checkpoints/best hold the best that the resumed state records; returns (record, held step).
+
+    A kill during the copy to `best` leaves the record (saved in the step checkpoint before the copy) without the
+    copy: finish the copy from that step's checkpoint. If that checkpoint is gone too, fall back to what `best`
+    holds, or to no best at all, so that the next evaluation that is at least as good makes the copy again."""
+    held = _best_held(run_dir)
+    if recorded is not None and recorded["step"] >= 0 and (held is None or held["step"] != recorded["step"]):
+        src = run_dir / "checkpoints" / f"{recorded['step']:07d}"
+        try:
+            read_manifest(src)
+        except CheckpointError:
+            pass
+        else:
+            copy_dir_atomic(src, run_dir / "checkpoints" / "best")
+            return dict(recorded), recorded["step"]
+    if held is None:
+        return dict(NO_BEST), -1
+    return dict(held), held["step"]
+
+
+def _rotate(run_dir: Path, step: int, best: dict[str, Any], best_held: int) -> None:
+    """Delete step checkpoints older than the one before `step`, except the recorded best's while checkpoints/best
+    does not hold a copy of it (`best_held` is the step it holds): that checkpoint is the only copy of the best."""
+    keep = {best["step"]} if best["step"] != best_held else set()
+    for old in [p for p in _step_checkpoints(run_dir) if int(p.name) < step][:-1]:
+        if int(old.name) not in keep:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def step_batch(train_set: SequenceSampler, cfg: TrainConfig, step: int, device: torch.device,
@@ -167,24 +218,27 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     ema = EMA(policy, cfg.train.ema_power, cfg.train.ema_max_decay)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
                             weight_decay=cfg.train.weight_decay)
-    start, best = 0, {"success_rate": -1.0, "step": -1}
+    start, best = 0, dict(NO_BEST)
+    best_held = -1  # the step whose copy checkpoints/best holds (-1: none)
     if latest is not None:
         state = load_training_state(latest, policy, ema.model, opt)
-        start, best = int(state["step"]), state.get("best", best)
+        start = state["step"]
+        if info.is_main:
+            best, best_held = _restore_best(run_dir, state.get("best"))
     # DDP broadcasts rank 0's weights (and buffers: the normaliser statistics) at construction, so replicas start equal
     loss_fn: nn.Module = _Loss(policy)
     if info.enabled:
         loss_fn = DistributedDataParallel(loss_fn, device_ids=[device.index] if device.type == "cuda" else None)
-    logger = MetricsLogger(run_dir) if info.is_main else None
+    # rows after the resumed step were written by the killed run and are about to be written again
+    logger = MetricsLogger(run_dir, resume_step=start) if info.is_main else None
     ckpt_meta = {"task": asdict(cfg.task), "data": asdict(cfg.data), "train": asdict(cfg.train),
                  "dataset": {"source": rb.source, "n_episodes": rb.n_episodes, "attrs": rb.attrs}}
 
-    def save(step: int) -> Path:
+    def save(step: int, record: dict[str, Any] | None = None) -> Path:
         path = save_checkpoint(run_dir / "checkpoints" / f"{step:07d}", policy, ckpt_meta, step, ema=ema.model,
-                               optimizer=opt, trainer_state={"step": step, "best": best,
+                               optimizer=opt, trainer_state={"step": step, "best": record or best,
                                                                "world_size": info.world_size})
-        for old in [p for p in _step_checkpoints(run_dir) if int(p.name) < step][:-1]:  # keep this one and the one before
-            shutil.rmtree(old, ignore_errors=True)
+        _rotate(run_dir, step, best, best_held)
         return path
 
     def checkpoint(step: int) -> Path:
@@ -201,13 +255,16 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
                        max_episode_steps=cfg.task.max_episode_steps, progress=False)
         logger.log(step, {"eval/success_rate": res["success_rate"], "eval/mean_return": res["mean_return"],
                           "eval/n_episodes": res["n_episodes"]})
+        nonlocal best_held
         if res["success_rate"] > best["success_rate"]:
-            best.update(success_rate=res["success_rate"], step=step)
-            ckpt = save(step)
-            dst = run_dir / "checkpoints" / "best"
-            tmp = temp_sibling(dst)
-            shutil.copytree(ckpt, tmp)
-            replace_dir(tmp, dst)
+            # Order matters for a kill at any point: (1) the step checkpoint, whose trainer state names itself the
+            # new best, so a resume can finish an interrupted copy from it; (2) the atomic copy to `best`; (3) only
+            # then the in-memory record that later checkpoints carry.
+            record = {"success_rate": res["success_rate"], "step": step}
+            ckpt = save(step, record)
+            copy_dir_atomic(ckpt, run_dir / "checkpoints" / "best")
+            best.update(record)
+            best_held = step
         return res
 
     bar = progress_bar(cfg.train.steps, f"train {p.type}", "step", cfg.run.progress and info.is_main, initial=start)

@@ -32,6 +32,8 @@ def evaluate(policy: GenerativePolicy, task: str, n_episodes: int = 50, n_envs: 
                        policy.cfg.n_obs_steps, policy.cfg.n_action_steps) for _ in range(n_envs)]
     spec = envs[0].spec
     if spec.action_dim != policy.shape.action_dim or spec.state_dim != policy.shape.state_dim:
+        for env in envs:  # simulators and their GL contexts are closed here, not by __del__ at interpreter exit
+            env.close()
         raise DataError(f"task '{task}' has state/action dims ({spec.state_dim}, {spec.action_dim}) but the policy "
                         f"expects ({policy.shape.state_dim}, {policy.shape.action_dim})")
     device = policy.device
