@@ -430,11 +430,13 @@ def write_report(rows: list[LearningRow], md_path: str | Path, command: Optional
     for task in sorted({r.task for r in rows}):
         rs = sorted((r for r in rows if r.task == task), key=lambda r: (r.n_demos, r.algo in BASELINES, r.name, r.seed))
         budgets = {r.env_steps_budget for r in rs if r.algo not in BASELINES}
-        if len(budgets) > 1:
-            raise DataError(f"{task}: rows with different budgets {sorted(budgets)}; a suite's budget is fixed before running")
-        budget = budgets.pop() if budgets else rs[0].env_steps_budget
+        n_eps = {r.test_episodes for r in rs}
+        if len(budgets) > 1 or len(n_eps) > 1:
+            raise DataError(f"{task}: rows with different budgets {sorted(budgets)} or test episodes {sorted(n_eps)}; "
+                            f"a suite's budget is fixed before running and every row uses the same test episodes")
+        budget, n_eps = (budgets.pop() if budgets else rs[0].env_steps_budget), n_eps.pop()
         points = budget_points(budget)
-        lines += [f"## {task}: budget {budget} env steps; test success on {n_test[-1]} held-out test episodes", "",
+        lines += [f"## {task}: budget {budget} env steps; test success on {n_eps} held-out test episodes", "",
                   "| algo | demos | seed | preset | start zero noise | start random noise | weak start | "
                   + " | ".join(f"test success @ {p}" for p in points) + " | test return | wall s | config diff |",
                   "|---" * (10 + len(points)) + "|"]
@@ -448,7 +450,7 @@ def write_report(rows: list[LearningRow], md_path: str | Path, command: Optional
         cells: dict[tuple[str, int], dict[int, float]] = {}
         for r in rs:
             cells.setdefault((r.name, r.n_demos), {})[r.seed] = r.test_success
-        lines += ["", f"IQM of test success at the full budget ({n_test[-1]} held-out test episodes per seed):", "",
+        lines += ["", f"IQM of test success at the full budget ({n_eps} held-out test episodes per seed):", "",
                   "| algo | demos | seeds | IQM [95% CI] | mean |", "|---|---|---|---|---|"]
         for (name, demos), by_seed in cells.items():
             s = np.array(list(by_seed.values()))[:, None]
@@ -464,8 +466,8 @@ def write_report(rows: list[LearningRow], md_path: str | Path, command: Optional
         seeds = sorted(set.intersection(*(set(p) for p in per))) if per else []
         if len(seeds) >= 3:
             scores[f"{name} (d{demos})"] = np.array([[p[s] for p in per] for s in seeds])
+    aggs = aggregate(scores, reps)
     if scores and len(tasks) > 1:
-        aggs = aggregate(scores, reps)
         lines += [f"## Across tasks ({', '.join(tasks)}): test success at the full budget", "",
                   "| algo | seeds x tasks | IQM [95% CI] | mean [95% CI] |", "|---|---|---|---|"]
         lines += [f"| {n} | {a.n_seeds} x {a.n_tasks} | {_ci(a)} | {a.mean:.2f} [{a.mean_ci[0]:.2f}, {a.mean_ci[1]:.2f}] |"
@@ -476,8 +478,8 @@ def write_report(rows: list[LearningRow], md_path: str | Path, command: Optional
               for i, d in enumerate(diffs)] + [""]
     if scores:
         png = md.with_suffix(".png")
-        plot_aggregates(aggregate(scores, reps), performance_profile(scores, reps=reps), png,
-                        f"test success at the full budget ({n_test[-1]} test episodes), tasks: {', '.join(tasks)}")
+        plot_aggregates(aggs, performance_profile(scores, reps=reps), png,
+                        f"test success at the full budget (held-out test episodes), tasks: {', '.join(tasks)}")
         lines += [f"![IQM and performance profiles]({png.name})", ""]
         written.append(png)
     md.write_text("\n".join(lines))

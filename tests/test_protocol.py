@@ -158,6 +158,8 @@ def test_write_report_tables_every_seed_baselines_and_iqm_on_test_episodes(tmp_p
     assert meta["seed_ranges"]["test"] == [2_000_000, 3_000_000]
     with pytest.raises(DataError, match="different budgets"):
         P.write_report(rows + [_row(seed=7, env_steps_budget=8000, test_curve=[[2000, 0.1], [4000, 0.2], [8000, 0.8]])], md)
+    with pytest.raises(DataError, match="same test episodes"):
+        P.write_report(rows + [_row(seed=7, test_episodes=150)], md)
 
 
 def test_evaluate_split_uses_the_test_seeds_and_the_start_baselines_change_only_the_noise() -> None:
