@@ -245,8 +245,12 @@ class TrainConfig:
 
 def _check_no_test_split(ev: EvalConfig) -> None:
     # evaluations during a run choose checkpoints or stop it: the protocol keeps the test episodes out of them
-    _check(ev.split != "test", "eval.split=test: test episodes are never seen during a run; evaluate during the run "
-           "with eval.split=selection (<= 20 episodes), then the result with `genpolicy eval ... eval.split=test`")
+    from genpolicy.protocol import SEEDS
+
+    _check(ev.split != "test" and not (ev.seed < SEEDS.test.stop and SEEDS.test.start < ev.seed + ev.n_episodes),
+           f"eval.split={ev.split} eval.seed={ev.seed}: test episodes (seeds {SEEDS.test.start}..) are never seen during "
+           "a run; evaluate during the run with eval.split=selection (<= 20 episodes), then the result with "
+           "`genpolicy eval ... eval.split=test`")
 
 
 ONPOLICY_ALGOS = ("dppo", "fpo", "reinflow")

@@ -89,7 +89,7 @@ def split_seeds(split: str, n: Optional[int] = None) -> range:
 
 def start_policy(policy: Any, noise: str) -> Any:
     """The start checkpoint as fine-tuning starts from it (no warm start), sampling from zero or unit random noise."""
-    from genpolicy.finetune.ppo import policy_for_finetuning  # lazy: fine-tuning imports this module's users
+    from genpolicy.finetune.ppo import policy_for_finetuning  # lazy: the fine-tuning stack is heavy and will import us
 
     if noise not in ("zero", "random"):
         raise ConfigError(f"noise must be 'zero' or 'random', got '{noise}'")
