@@ -8,6 +8,7 @@
     genpolicy train task=metaworld/door-open-v3 policy=flow policy.steps=4
     torchrun --standalone --nproc_per_node=2 -m genpolicy.cli train ...   (data parallel; train.batch_size is global)
     genpolicy eval ckpt=runs/<run>/checkpoints/best [policy sampler/steps overrides: sampler=shortcut steps=1]
+                   [eval.split=test: the protocol's 100 held-out test episodes (genpolicy/protocol.py)]
     genpolicy envs list [results=benchmarks/results/envs.json]      (every task: obs/action spec, success, steps/s)
     genpolicy envs measure [all_tasks=true budget_s=3 suites=[dmc]]   (times simulators -> benchmarks/results/envs.*)
     genpolicy finetune algo=reinflow ckpt=runs/<bc run>/checkpoints/best task=toy/bimodal-right preset=toy
@@ -143,6 +144,7 @@ def cmd_train(args: list[str]) -> int:
 
 def cmd_eval(args: list[str]) -> int:
     from genpolicy.config import EvalCommandConfig
+    from genpolicy.protocol import SPLIT_EPISODES, evaluate_split
     from genpolicy.training.checkpoint import load_policy, read_config
     from genpolicy.training.evaluate import evaluate
     from genpolicy.training.runs import make_run_dir, resolve_device, slug
@@ -150,6 +152,9 @@ def cmd_eval(args: list[str]) -> int:
     positional, overrides = _split_args(args)
     if positional:
         overrides.append(f"ckpt={positional[0]}")
+    split = next((o.split("=", 1)[1] for o in overrides if o.startswith("eval.split=")), "custom")
+    if split in SPLIT_EPISODES and not any(o.startswith("eval.n_episodes=") for o in overrides):
+        overrides.append(f"eval.n_episodes={SPLIT_EPISODES[split]}")  # the split's protocol size, unless given
     cfg = compose("eval", overrides, EvalCommandConfig)
     if not cfg.ckpt:
         raise GenpolicyError("eval needs a checkpoint: genpolicy eval ckpt=runs/<run>/checkpoints/best")
@@ -171,12 +176,16 @@ def cmd_eval(args: list[str]) -> int:
         raise DataError(f"task '{task}' has state/action dims ({spec.state_dim}, {spec.action_dim}) but {cfg.ckpt} "
                         f"expects ({policy.shape.state_dim}, {policy.shape.action_dim})")
     run_dir = make_run_dir(cfg.run, f"eval-{slug(task)}-{policy.cfg.sampler}{policy.cfg.steps}")
-    res = evaluate(policy, task, n_episodes=cfg.eval.n_episodes, n_envs=cfg.eval.n_envs, seed=cfg.eval.seed,
-                   out_dir=run_dir / "eval", n_videos=cfg.eval.n_videos, images=bool(policy.shape.cameras),
-                   max_episode_steps=saved_task.get("max_episode_steps", 0) if not cfg.task else 0,
-                   progress=cfg.run.progress)
+    kw = dict(n_envs=cfg.eval.n_envs, out_dir=run_dir / "eval", n_videos=cfg.eval.n_videos,
+              images=bool(policy.shape.cameras), progress=cfg.run.progress,
+              max_episode_steps=saved_task.get("max_episode_steps", 0) if not cfg.task else 0)
+    if cfg.eval.split == "custom":
+        res = evaluate(policy, task, n_episodes=cfg.eval.n_episodes, seed=cfg.eval.seed, **kw)
+    else:
+        res = evaluate_split(policy, task, cfg.eval.split, cfg.eval.n_episodes, **kw)
+    where = "" if cfg.eval.split == "custom" else f" {cfg.eval.split} (seeds {res['seed']}..)"
     print(f"{task}: success_rate={res['success_rate']:.3f} mean_return={res['mean_return']:.2f} "
-          f"over {res['n_episodes']} episodes ({policy.cfg.sampler}, {policy.cfg.steps} steps)")
+          f"over {res['n_episodes']}{where} episodes ({policy.cfg.sampler}, {policy.cfg.steps} steps)")
     print(f"success = {res['success_definition']}")
     print(f"wrote {run_dir / 'eval' / 'eval.json'}")
     return 0

@@ -266,12 +266,24 @@ class EvalConfig:
     n_videos: int = 2
     seed: int = 100000  # evaluation seeds are disjoint from demonstration seeds
     every: int = 0  # evaluate during training every N steps; 0 = only at the end
+    # custom: seeds seed, seed+1, ... | selection (<= 20 episodes) / test (>= 100): the protocol's disjoint seed
+    # ranges (genpolicy/protocol.py), which then set `seed`
+    split: str = "custom"
 
     def __post_init__(self) -> None:
         _check_types(self, "eval")
         _bounded(self, "eval", n_episodes=(1, 1_000_000), n_envs=(1, 1024), n_videos=(0, 10_000), every=(0, 2**62))
         _check(self.n_episodes >= 1, f"eval.n_episodes must be >= 1, got {self.n_episodes}")
         _check(self.n_envs >= 1, f"eval.n_envs must be >= 1, got {self.n_envs}")
+        _check(self.split in ("custom", "selection", "test"),
+               f"eval.split must be custom|selection|test, got '{self.split}'")
+        if self.split != "custom":
+            from genpolicy.protocol import split_seeds  # lazy: the protocol module imports this one
+
+            start = split_seeds(self.split, self.n_episodes).start  # refuses a split size outside the protocol
+            default = next(f.default for f in dataclasses.fields(self) if f.name == "seed")
+            _check(self.seed in (default, start), f"eval.split={self.split} sets the seeds; drop eval.seed={self.seed}")
+            self.seed = start
 
 
 @dataclass
@@ -301,6 +313,19 @@ class TrainConfig:
     train: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        _check_no_test_split(self.eval)
+
+
+def _check_no_test_split(ev: EvalConfig) -> None:
+    # evaluations during a run choose checkpoints or stop it: the protocol keeps the test episodes out of them
+    from genpolicy.protocol import SEEDS
+
+    _check(ev.split != "test" and not (ev.seed < SEEDS.test.stop and SEEDS.test.start < ev.seed + ev.n_episodes),
+           f"eval.split={ev.split} eval.seed={ev.seed}: test episodes (seeds {SEEDS.test.start}..) are never seen during "
+           "a run; evaluate during the run with eval.split=selection (<= 20 episodes), then the result with "
+           "`genpolicy eval ... eval.split=test`")
 
 
 ONPOLICY_ALGOS = ("dppo", "fpo", "reinflow")
@@ -552,6 +577,7 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         _check(self.algo in ONPOLICY_ALGOS + OFFPOLICY_ALGOS,
                f"algo must be one of {ONPOLICY_ALGOS + OFFPOLICY_ALGOS}, got '{self.algo}'")
+        _check_no_test_split(self.eval)
 
 
 @dataclass
