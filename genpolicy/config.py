@@ -278,11 +278,13 @@ class EvalConfig:
         _check(self.split in ("custom", "selection", "test"),
                f"eval.split must be custom|selection|test, got '{self.split}'")
         if self.split != "custom":
-            from genpolicy.protocol import split_seeds  # lazy: the protocol module imports this one
+            from genpolicy.protocol import SEEDS, split_seeds  # lazy: the protocol module imports this one
 
             start = split_seeds(self.split, self.n_episodes).start  # refuses a split size outside the protocol
             default = next(f.default for f in dataclasses.fields(self) if f.name == "seed")
-            _check(self.seed in (default, start), f"eval.split={self.split} sets the seeds; drop eval.seed={self.seed}")
+            # a seed another split set (a config whose default split was overridden) is not the user's
+            _check(self.seed in (default, SEEDS.selection.start, SEEDS.test.start),
+                   f"eval.split={self.split} sets the seeds; drop eval.seed={self.seed}")
             self.seed = start
 
 
@@ -556,6 +558,25 @@ class RolloutConfig:
 
 
 @dataclass
+class TestConfig:
+    """Held-out test evaluations during fine-tuning (genpolicy/protocol.py): `episodes` episodes on the protocol's test
+    seeds at each fraction of the budget (the first iteration boundary at or past it), the same fractions for on- and
+    off-policy runs. Nothing in the run reads them: evaluations that decide (early stopping) use eval.split=selection.
+    0 episodes = off; the protocol's tables need >= 100."""
+
+    episodes: int = 0
+    fractions: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
+
+    def __post_init__(self) -> None:
+        _check_types(self, "test")
+        _check(self.episodes == 0 or self.episodes >= 100,
+               f"test.episodes must be 0 (off) or >= 100 (the protocol's test set), got {self.episodes}")
+        fr = list(self.fractions)
+        _check(bool(fr) and fr == sorted(set(fr)) and 0 < fr[0] and fr[-1] == 1.0,
+               f"test.fractions must increase within (0, 1] and end at 1.0, got {fr}")
+
+
+@dataclass
 class FinetuneConfig:
     """`genpolicy finetune algo=dppo|fpo|reinflow|dsrl|expo ckpt=<BC checkpoint> task=...`."""
 
@@ -571,7 +592,9 @@ class FinetuneConfig:
     dsrl: DSRLConfig = field(default_factory=DSRLConfig)
     expo: EXPOConfig = field(default_factory=EXPOConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(n_episodes=20, n_videos=1, every=10))
+    # evaluations during the run decide early stopping: the protocol's selection seeds (<= 20 episodes)
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(n_episodes=20, n_videos=1, every=10, split="selection"))
+    test: TestConfig = field(default_factory=TestConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(log_every=1, ckpt_every=10))
 
     def __post_init__(self) -> None:

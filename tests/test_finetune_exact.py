@@ -40,7 +40,8 @@ def _cfg(algo: str, ckpt: Path, run_dir: Path, *extra: str) -> FinetuneConfig:
 def _strip(x: Any) -> Any:
     """A trainer state without wall-clock times (the only thing allowed to differ)."""
     if isinstance(x, dict):
-        return {k: _strip(v) for k, v in x.items() if "wallclock" not in k and not k.startswith("time/")}
+        return {k: _strip(v) for k, v in x.items()
+                if "wallclock" not in k and not k.startswith("time/") and k != "test_curve"}
     if isinstance(x, list):
         return [_strip(v) for v in x]
     return x
@@ -60,8 +61,16 @@ def _assert_same_checkpoint(a: Path, b: Path) -> None:
 def test_resume_is_exact_and_eval_draws_what_was_tuned(toy_bc_ckpts, tmp_path, monkeypatch, algo) -> None:
     ckpt = toy_bc_ckpts[FAMILY[algo]]
     tuned: list[Any] = []
-    whole = finetune(_cfg(algo, ckpt, tmp_path / "whole"), on_end=tuned.append)
+    # the uninterrupted run also takes held-out test points; they must not change its training (RNG forked)
+    whole = finetune(_cfg(algo, ckpt, tmp_path / "whole", "test.episodes=100", "test.fractions=[0.5,1.0]"),
+                     on_end=tuned.append)
     n_iters = whole["curve"][-1]["iteration"]
+    assert [(p["fraction"], p["iteration"], p["test_episodes"], p["carried"]) for p in whole["test_curve"]] == \
+        [(0.5, -(-n_iters // 2), 100, False), (1.0, n_iters, 100, False)]
+    from genpolicy.protocol import test_seeds
+
+    test_eps = json.loads((tmp_path / "whole" / "eval" / "test_1" / "eval.json").read_text())["episodes"]
+    assert sorted(e["seed"] for e in test_eps) == list(test_seeds(100))  # the protocol's held-out episodes
     cut = n_iters // 2 + 1  # an iteration boundary after learning has started (off-policy: past the warm-up)
 
     real_log = runs.MetricsLogger.log

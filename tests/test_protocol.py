@@ -205,5 +205,5 @@ def test_genpolicy_eval_split_option(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="never seen during a run"):
             compose(name, ["eval.split=test", "eval.n_episodes=100"], schema)
         with pytest.raises(ConfigError, match="never seen during a run"):  # nor by a custom seed inside the range
-            compose(name, ["eval.seed=1999990", "eval.n_episodes=20"], schema)
+            compose(name, ["eval.split=custom", "eval.seed=1999990", "eval.n_episodes=20"], schema)
         assert compose(name, ["eval.split=selection", "eval.n_episodes=20"], schema).eval.seed == 1_000_000

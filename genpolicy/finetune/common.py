@@ -109,3 +109,41 @@ def save_rotating(run_dir: Path, it: int, policy: Any, saved_cfg: dict, state: d
     for old in sorted(ckpt_root.glob("it_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+class TestPoints:
+    """Test-set evaluations at fixed fractions of a run's iterations (`cfg.test`): at the end of iteration
+    ceil(f * n_iters) for each fraction f. The RNG streams are forked around each evaluation, so a run with test points
+    trains exactly as one without; the loop never reads the results (no decision sees the test set). A run that stops
+    early is its final policy at the points it did not reach (`carried`)."""
+
+    def __init__(self, cfg: Any, task: str, n_iters: int, budget_env_steps: int, run_dir: Path,
+                 done: Optional[list[dict[str, Any]]] = None) -> None:
+        import math
+
+        self.cfg, self.task, self.run_dir, self.budget = cfg, task, run_dir, budget_env_steps
+        fr = cfg.test.fractions
+        self.points = [(f, max(1, math.ceil(f * n_iters))) for f in fr] if cfg.test.episodes else []
+        self.curve: list[dict[str, Any]] = list(done or [])
+
+    def _eval(self, policy: Any, f: float, it: int, env_steps: int, carried: bool) -> None:
+        from genpolicy.protocol import evaluate_split
+
+        with torch.random.fork_rng():
+            ev = evaluate_split(policy, self.task, "test", self.cfg.test.episodes, n_envs=self.cfg.eval.n_envs,
+                                out_dir=self.run_dir / "eval" / f"test_{f:g}",
+                                max_episode_steps=self.cfg.task.max_episode_steps)
+        self.curve.append({"fraction": f, "budget_env_steps": round(f * self.budget), "iteration": it,
+                           "env_steps": env_steps, "test_success": ev["success_rate"],
+                           "test_return": ev["mean_return"], "test_episodes": ev["n_episodes"], "carried": carried})
+
+    def after_iteration(self, policy: Any, it: int, env_steps: int) -> None:
+        """Call with the number of iterations finished."""
+        for f, at in self.points[len(self.curve):]:
+            if at == it:
+                self._eval(policy, f, it, env_steps, carried=False)
+
+    def finish(self, policy: Any, it: int, env_steps: int) -> list[dict[str, Any]]:
+        for f, _ in self.points[len(self.curve):]:  # stopped early: the final policy stands for the rest
+            self._eval(policy, f, it, env_steps, carried=True)
+        return self.curve

@@ -185,7 +185,7 @@ def finetune_offpolicy(cfg: Any, on_end: Optional[Any] = None) -> dict[str, Any]
     from genpolicy.datasets.replay_buffer import ReplayBuffer
     from genpolicy.errors import ConfigError, DataError
     from genpolicy.finetune.ppo import steps_to
-    from genpolicy.finetune.common import load_start, make_venv, restore_or_refuse, rng_state, save_rotating
+    from genpolicy.finetune.common import TestPoints, load_start, make_venv, restore_or_refuse, rng_state, save_rotating
     from genpolicy.finetune.rollout import step_chunks
     from genpolicy.training.bc import _StopFlag
     from genpolicy.training.evaluate import evaluate
@@ -239,7 +239,8 @@ def finetune_offpolicy(cfg: Any, on_end: Optional[Any] = None) -> dict[str, Any]
                         out_dir=run_dir / "eval" / tag, n_videos=cfg.eval.n_videos if tag == "final" else 0,
                         max_episode_steps=cfg.task.max_episode_steps, progress=False)
 
-    logger = MetricsLogger(run_dir)
+    logger = MetricsLogger(run_dir, resume_step=start_it)  # a resumed run rewrites the rows after its checkpoint
+    tests = TestPoints(cfg, task, n_iters, oc.env_steps, run_dir, st.get("test_curve") if st else None)
     t_start = time.time() - wall0
     if not curve:  # the start is the BC checkpoint itself (a fresh steering head is not the starting policy)
         ev = evaluate(bc, task, n_episodes=cfg.eval.n_episodes, n_envs=cfg.eval.n_envs, seed=cfg.eval.seed,
@@ -251,7 +252,7 @@ def finetune_offpolicy(cfg: Any, on_end: Optional[Any] = None) -> dict[str, Any]
 
     def save(it: int) -> Path:
         state = {"iteration": it, "env_steps": env_steps, "curve": curve, "wallclock_s": time.time() - t_start,
-                 "summary": summary, "updates": n_updates, **rng_state(gens, venv)}
+                 "summary": summary, "updates": n_updates, "test_curve": tests.curve, **rng_state(gens, venv)}
         return save_rotating(run_dir, it, policy, saved_cfg, state, modules, optimizers)
 
     bar = progress_bar(n_iters, f"{cfg.algo} {task}", "it", cfg.run.progress, initial=start_it)
@@ -295,6 +296,7 @@ def finetune_offpolicy(cfg: Any, on_end: Optional[Any] = None) -> dict[str, Any]
                 curve.append({"iteration": it + 1, "env_steps": env_steps, "wallclock_s": round(time.time() - t_start, 2),
                               "success_rate": ev["success_rate"], "mean_return": ev["mean_return"]})
                 metrics.update({"eval/success_rate": ev["success_rate"], "eval/mean_return": ev["mean_return"]})
+            tests.after_iteration(policy, it + 1, env_steps)
             if (it + 1) % cfg.run.log_every == 0 or last:
                 logger.log(it + 1, metrics)
             bar.update(1)
@@ -312,6 +314,7 @@ def finetune_offpolicy(cfg: Any, on_end: Optional[Any] = None) -> dict[str, Any]
     if on_end is not None:
         on_end(policy)
     final = curve[-1]
+    summary["test_curve"] = tests.finish(policy, final["iteration"], env_steps)
     to90 = steps_to(curve)
     summary.update({"algo": cfg.algo, "task": task, "seed": cfg.run.seed, "final_success": final["success_rate"],
                     "final_return": final["mean_return"], "env_steps": env_steps, "updates": n_updates,

@@ -223,7 +223,7 @@ def finetune(cfg: FinetuneConfig, on_end: Optional[Callable[[GenerativePolicy], 
         from genpolicy.finetune.offpolicy import finetune_offpolicy
 
         return finetune_offpolicy(cfg, on_end)
-    from genpolicy.finetune.common import load_start, make_venv, restore_or_refuse, rng_state, save_rotating
+    from genpolicy.finetune.common import TestPoints, load_start, make_venv, restore_or_refuse, rng_state, save_rotating
     from genpolicy.training.bc import _StopFlag
     from genpolicy.training.evaluate import evaluate
     from genpolicy.training.runs import MetricsLogger, make_run_dir, progress_bar, slug
@@ -258,7 +258,9 @@ def finetune(cfg: FinetuneConfig, on_end: Optional[Callable[[GenerativePolicy], 
                         out_dir=run_dir / "eval" / tag, n_videos=cfg.eval.n_videos if tag == "final" else 0,
                         max_episode_steps=cfg.task.max_episode_steps, progress=False)
 
-    logger = MetricsLogger(run_dir)
+    logger = MetricsLogger(run_dir, resume_step=start_it)  # a resumed run rewrites the rows after its checkpoint
+    nominal = pc.iterations * pc.n_envs * pc.n_steps * policy.cfg.n_action_steps  # env steps if no episode ends early
+    tests = TestPoints(cfg, task, pc.iterations, nominal, run_dir, st.get("test_curve") if st else None)
     t_start = time.time() - wall0
     if not curve:
         ev = run_eval("start")
@@ -270,7 +272,8 @@ def finetune(cfg: FinetuneConfig, on_end: Optional[Callable[[GenerativePolicy], 
 
     def save(it: int) -> Path:
         state = {"iteration": it, "env_steps": env_steps, "curve": curve, "wallclock_s": time.time() - t_start,
-                 "summary": summary, "scaler": scaler.state() if scaler else None, **rng_state({"loop": gen}, venv)}
+                 "summary": summary, "scaler": scaler.state() if scaler else None, "test_curve": tests.curve,
+                 **rng_state({"loop": gen}, venv)}
         return save_rotating(run_dir, it, policy, saved_cfg, state, modules, optimizers)
 
     bar = progress_bar(pc.iterations, f"{cfg.algo} {task}", "it", cfg.run.progress, initial=start_it)
@@ -302,6 +305,7 @@ def finetune(cfg: FinetuneConfig, on_end: Optional[Callable[[GenerativePolicy], 
                 metrics.update({"eval/success_rate": ev["success_rate"], "eval/mean_return": ev["mean_return"]})
                 if reached_stop(curve[1:], pc.stop_success, pc.stop_patience):
                     last = True  # the target held for `stop_patience` evaluations in a row: no need to spend more
+            tests.after_iteration(policy, it + 1, env_steps)
             if (it + 1) % cfg.run.log_every == 0 or last:
                 logger.log(it + 1, metrics)
             bar.update(1)
@@ -322,6 +326,7 @@ def finetune(cfg: FinetuneConfig, on_end: Optional[Callable[[GenerativePolicy], 
     if on_end is not None:
         on_end(policy)
     final = curve[-1]
+    summary["test_curve"] = tests.finish(policy, final["iteration"], env_steps)
     summary.update({"algo": cfg.algo, "task": task, "seed": cfg.run.seed, "final_success": final["success_rate"],
                     "final_return": final["mean_return"], "env_steps": env_steps,
                     "wallclock_s": round(time.time() - t_start, 2), "curve": curve,
