@@ -72,9 +72,8 @@ def test_expo_one_selection_rule_and_td_target_on_target_heads(toy_bc_ckpts, tmp
     cond = pol.encode({"state": batch["next_obs"]})
     b, n, m, e = cond.shape[0], cfg.expo.n_base, cfg.expo.n_edit, cfg.expo.n_q
 
-    def plain_argmax(cands: torch.Tensor, i: int) -> int:  # min over all heads of the target critic
-        scores = [min(q(torch.cat([cond[i], c])).item() for q in algo.q_target.qs) for c in cands]
-        return int(np.argmax(scores))
+    def plain_scores(cands: torch.Tensor, i: int) -> list[float]:  # min over all heads of the target critic
+        return [min(q(torch.cat([cond[i], c])).item() for q in algo.q_target.qs) for c in cands]
 
     for explore in (False, True):  # evaluation (edit means) and acting (sampled edits) share the scoring rule
         g = torch.Generator().manual_seed(5)
@@ -85,8 +84,12 @@ def test_expo_one_selection_rule_and_td_target_on_target_heads(toy_bc_ckpts, tmp
         cands = torch.cat([base, edits], 1)
         chosen = out["actions"].reshape(b, -1) if explore else \
             pol.steered_sample(cond, generator=torch.Generator().manual_seed(5)).reshape(b, -1)
-        for i in range(b):
-            assert torch.equal(chosen[i], cands[i, plain_argmax(cands[i], i)])
+        for i in range(b):  # a candidate, with the best score (edits sit within beta of their base: near-ties)
+            dist = (cands[i] - chosen[i]).abs().amax(-1)  # the sampler's compiled path may differ in the last bits
+            j = int(dist.argmin())
+            assert dist[j] < 1e-5
+            scores = plain_scores(cands[i], i)
+            assert scores[j] == pytest.approx(max(scores), abs=1e-5)
     # the TD target: same draws (algo.gen restored), next action by the rule above, then a random head subset
     g_state = algo.gen.get_state()
     y = algo.critic_target(batch, cond)
