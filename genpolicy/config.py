@@ -490,7 +490,7 @@ class DSRLConfig:
     qw_steps: int = 1  # NA: Q^W distillation steps per update
     backup_entropy: bool = False  # the entropy term in the TD backup; off: with sparse 0/1 rewards it swamps them
     # the temperature's target, per noise dimension, on the actor's tanh-space density (before the scaling by m, as
-    # upstream measures it; upstream's target is 0 in total). Chosen by measurement: see the DSRL module docstring
+    # upstream measures it; upstream's is 0). -1.405 kept by measurement: see the DSRL module docstring
     target_entropy: float = -1.405
     # the base map's sampler (acting, NA's backups and distillation), saved with the steered policy; empty/0 keeps the
     # checkpoint's (diffusion: DDIM eta=0). NA decodes 2 x B chunks per update: `sampler=shortcut steps=1` (flow

@@ -9,6 +9,12 @@ noise actor pi_W(w | s) in [-m, m]^D (m = action_magnitude, respected by both va
        Q^W(s, w) distilled from Q^A on fresh w ~ N(0, I) clipped to [-m, m]:  sum_j (Q^W_j(s, w) - Q^A_j(s, pi_dp(s, w)))^2;
        the actor minimises alpha log pi_W(w | s) - min_j Q^W_j(s, w).
 Base-policy calls inside the updates go through the policy's fast sampler (no autograd, cached conditioning).
+The temperature tracks the actor's entropy on its tanh-space density (before the scaling by m, as upstream measures
+it) against dsrl.target_entropy per dimension. The default, -1.405 (= SAC's -1 per dimension on the w-space density
+at m = 1.5, our earlier rule), was kept by measurement against upstream's 0 (benchmarks/results/rl_correctness.md:
+door-open, DSRL-SAC, 3 seeds, 40k env steps, final checkpoints on 100 test episodes: 0.90, 0.73, 0.58 vs 0.34, 0.85,
+0.65). Neither target bound there: the entropy stayed at 0.27-0.36 nats per dimension, above both, so alpha decayed in
+both (to 0.028 and 0.031) and the difference is within seed noise.
 
 Shapes: B batch, D = H * Da (a flattened chunk or noise), Dc conditioning dim, E critic heads.
 """
