@@ -144,8 +144,7 @@ def run_one(task: str, algo: str, seed: int, args: argparse.Namespace, work: Pat
     if is_locomotion(task):
         preset, per_algo = "locomotion", []
     else:
-        preset, per_algo = "metaworld", {"fpo": ["ppo.clip_eps=0.05"], "reinflow": ["ppo.clip_eps=0.05", "ppo.actor_lr=1e-4", "ppo.actor_lr_min=1e-4"],
-                                      "dppo": ["ppo.minibatch_size=1500"]}.get(algo, [])
+        preset, per_algo = "metaworld", []  # the per-algorithm values these rows used now live in the preset
     overrides = [f"algo={algo}", f"ckpt={bc['ckpt']}", f"task={task}", f"preset={preset}", *per_algo,
                  f"run.dir={run_dir}", f"run.seed={seed}", "run.progress=false",
                  *([f"ppo.iterations={args.iterations}"] if args.iterations else []), *args.overrides]

@@ -376,8 +376,23 @@ class PPOConfig:
         _check(self.reward in ("env", "success"), f"ppo.reward must be env|success, got '{self.reward}'")
 
 
+PPO_OVERRIDES = ("actor_lr", "actor_lr_min", "clip_eps", "minibatch_size")
+
+
 @dataclass
-class DPPOConfig:
+class PPOOverrides:
+    """Per-algorithm values of shared `ppo.*` settings (DPPO, FPO and ReinFlow inherit these), so that one suite preset
+    holds each algorithm's own (e.g. `fpo.clip_eps`) and a benchmark passes nothing but the preset. 0 keeps the `ppo`
+    section's value. `FinetuneConfig` folds the selected algorithm's into `ppo` once, at construction."""
+
+    actor_lr: float = 0.0
+    actor_lr_min: float = 0.0
+    clip_eps: float = 0.0
+    minibatch_size: int = 0
+
+
+@dataclass
+class DPPOConfig(PPOOverrides):
     sampler: str = ""  # fine-tuning grid: ddim | ddpm; empty keeps the checkpoint's
     steps: int = 0  # 0 keeps the checkpoint's
     ft_steps: int = 5  # K': the last K' grid steps are fine-tuned (a copy of the network); K' = 1 works
@@ -402,7 +417,7 @@ class DPPOConfig:
 
 
 @dataclass
-class FPOConfig:
+class FPOConfig(PPOOverrides):
     variant: str = "fpo++"  # fpo (ratio of averaged losses, PPO clip) | fpo++ (per-sample ratios, asymmetric trust region)
     n_mc: int = 8  # (eps, t) pairs per action, drawn and stored at rollout time
     loss_clamp: float = 20.0  # CFM losses are clamped at this
@@ -418,7 +433,7 @@ class FPOConfig:
 
 
 @dataclass
-class ReinFlowConfig:
+class ReinFlowConfig(PPOOverrides):
     sampler: str = ""  # euler (rectified flow) | shortcut; empty keeps the checkpoint's (euler if it is neither)
     steps: int = 4  # K noisy Euler steps, 1 to 4 (0 keeps the checkpoint's)
     sigma_min: float = 0.05
@@ -600,6 +615,13 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         _check(self.algo in ONPOLICY_ALGOS + OFFPOLICY_ALGOS,
                f"algo must be one of {ONPOLICY_ALGOS + OFFPOLICY_ALGOS}, got '{self.algo}'")
+        if self.algo in ONPOLICY_ALGOS:  # this algorithm's own ppo values (its preset section) win over the shared ones
+            own = getattr(self, self.algo)
+            changes = {k: getattr(own, k) for k in PPO_OVERRIDES if getattr(own, k)}
+            for k, v in changes.items():
+                _check(v > 0, f"{self.algo}.{k} must be > 0 (0 keeps ppo.{k}), got {v}")
+            if changes:
+                self.ppo = dataclasses.replace(self.ppo, **changes)  # validated again by PPOConfig
         _check_no_test_split(self.eval)
 
 

@@ -243,3 +243,19 @@ def test_finetune_stops_early_once_the_target_holds(bc_ckpts, tmp_path) -> None:
     # the first evaluation after fine-tuning starts (iteration 2) reaches 1% success, so the run ends there
     assert res["stopped_early"] and res["curve"][-1]["iteration"] == 2, res["curve"]
     assert res["final_checkpoint"] and Path(res["final_checkpoint"]).name.endswith("2")
+
+
+def test_per_algorithm_ppo_values_from_the_preset() -> None:
+    """One preset per suite: each on-policy algorithm's own `ppo` values (e.g. fpo.clip_eps) fold into `ppo` for that
+    algorithm only, so a benchmark passes nothing but preset=, the budget and the seed."""
+    from genpolicy.cli import compose
+    from genpolicy.errors import ConfigError
+
+    got = {a: compose("finetune", [f"algo={a}", "preset=metaworld", "ckpt=x"], FinetuneConfig).ppo
+           for a in ("dppo", "fpo", "reinflow", "dsrl")}
+    assert (got["fpo"].clip_eps, got["fpo"].minibatch_size) == (0.05, 500)
+    assert (got["dppo"].clip_eps, got["dppo"].minibatch_size) == (0.01, 1500)
+    assert (got["reinflow"].clip_eps, got["reinflow"].actor_lr, got["reinflow"].actor_lr_min) == (0.05, 1e-4, 1e-4)
+    assert (got["dsrl"].clip_eps, got["dsrl"].minibatch_size, got["dsrl"].actor_lr) == (0.01, 500, 3e-5)  # shared
+    with pytest.raises(ConfigError, match="fpo.clip_eps must be > 0"):
+        compose("finetune", ["algo=fpo", "ckpt=x", "fpo.clip_eps=-0.1"], FinetuneConfig)
