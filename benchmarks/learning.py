@@ -8,11 +8,20 @@ first 5 of the 10, which are the first 10 of the 25), so the 10 and 25 rows are 
 `bc_5x_demos` baselines. A cell whose test success from zero and from random noise both lie in [0.1, 0.6] qualifies
 as a weak start for the fine-tuning stage.
 
+Stage `finetune`: from the weak start of a task (the fewest demos whose flow cell qualifies, BC seed 0; DPPO from the
+diffusion cell on the same demos, if its random-noise test success is within 0.1 of the flow cell's), each algorithm
+runs with the suite's shipped preset, the suite's budget (the same env steps for every algorithm, fixed here before
+running) and a seed: nothing else. Test success on the same 100 test episodes at 1/4, 1/2 and all of the budget
+(`test.episodes`, `test.fractions`), plus the baselines (start from zero / random noise, BC on 2x and 5x the demos)
+-> benchmarks/results/learning.md/.json/.png through `genpolicy.protocol` (IQM, stratified-bootstrap CIs, profiles).
+An interrupted row resumes from its checkpoint only with the same settings; a finished row is never run again.
+
 Writes benchmarks/results/learning_bc.md and learning_bc.json (`rows`: one per task, demos, seed and family; `meta`:
 machine, versions, seed ranges, commands). Rows are appended as they finish (atomic, locked); a rerun skips them, so
 an interrupted run resumes. Nothing here takes settings beyond the listed flags, and every flag is stored in `meta`.
 
     .venv/bin/python benchmarks/learning.py --stage bc --seeds 0 --threads 1
+    .venv/bin/python benchmarks/learning.py --stage finetune --tasks metaworld/pick-place-v3 --algos dsrl --seeds 0
     .venv/bin/python benchmarks/learning.py --report
 """
 
@@ -38,15 +47,19 @@ OUT = Path(__file__).resolve().parent / "results"
 HARD = ["metaworld/assembly-v3", "metaworld/pick-place-v3", "metaworld/stick-pull-v3", "metaworld/shelf-place-v3",
         "metaworld/peg-insert-side-v3", "metaworld/disassemble-v3", "metaworld/hammer-v3", "metaworld/pick-place-wall-v3"]
 DEMOS = [5, 10, 25]
+BASELINE_DEMOS = [20, 50]  # a 10-demo start's 2x and 5x baselines
 FAMILIES = ["diffusion", "flow"]
 BC_STEPS = 2000  # the suite's fixed BC budget (benchmarks/results/bc_metaworld.md: enough for 50 clean demos)
 TEST_EPISODES = 100
+# per suite: the shipped preset and the env-step budget of every fine-tuning row (fixed before running)
+SUITES = {"metaworld": {"preset": "metaworld", "budget": 200_000}, "toy": {"preset": "toy", "budget": 2_000}}
+ALGOS = ["dppo", "fpo", "reinflow", "dsrl", "expo"]
 
 
 def demo_seed(seed: int) -> int:
     """Demonstration episodes of training seed s start at 10_000 * s: disjoint per seed, inside the demos range."""
     s = 10_000 * seed
-    assert s + max(DEMOS) * 3 < SEEDS.demos.stop
+    assert s + max(DEMOS + BASELINE_DEMOS) * 3 < SEEDS.demos.stop
     return s
 
 
@@ -111,6 +124,87 @@ def bc_cell(task: str, n_demos: int, seed: int, family: str, work: Path) -> list
     return rows
 
 
+def pick_start(task: str, bc_rows: list[dict]) -> dict:
+    """The task's weak start: the fewest demos whose seed-0 flow cell qualifies; its diffusion twin for DPPO when the
+    two agree within 0.1 from random noise. Returns {n_demos, flow, diffusion (or None), baselines...}."""
+    cell = lambda d, f: next((r for r in bc_rows if (r["task"], r["n_demos"], r["seed"], r["family"]) == (task, d, 0, f)), None)  # noqa: E731
+    for d in DEMOS:
+        flow = cell(d, "flow")
+        if flow and flow["weak_start"]:
+            diff = cell(d, "diffusion")
+            ok = diff is not None and abs(diff["test_success_random_noise"] - flow["test_success_random_noise"]) <= 0.1
+            return {"n_demos": d, "flow": flow, "diffusion": diff if ok else None,
+                    "bc_2x": cell(2 * d, "flow"), "bc_5x": cell(5 * d, "flow")}
+    raise SystemExit(f"{task}: no weak start among the BC cells ({DEMOS} demos, seed 0, flow): run --stage bc first")
+
+
+def finetune_row(task: str, suite: str, algo: str, seed: int, start: dict, work: Path) -> "LearningRow | None":
+    from genpolicy.cli import compose
+    from genpolicy.config import FinetuneConfig
+    from genpolicy.finetune.ppo import finetune
+    from genpolicy.protocol import LearningRow, config_diff
+
+    s = SUITES[suite]
+    src = start["diffusion"] if algo == "dppo" else start["flow"]
+    if src is None:
+        print(f"[ft] {task} dppo: no diffusion start within 0.1 of the flow start; row not run", flush=True)
+        return None
+    run_dir = work / f"{task.replace('/', '_')}_d{start['n_demos']}_{algo}_b{s['budget']}_seed{seed}"
+    base = [f"algo={algo}", f"ckpt={src['checkpoint']}", f"task={task}", f"preset={s['preset']}", f"run.seed={seed}",
+            f"run.dir={run_dir}", "run.progress=false", f"test.episodes={TEST_EPISODES}"]
+    probe = compose("finetune", base, FinetuneConfig)
+    if algo in ("dsrl", "expo"):
+        budget = [f"offpolicy.env_steps={s['budget']}"]
+    else:  # iterations that cover the budget; test points sit at the same fractions of it
+        from genpolicy.training.checkpoint import read_config
+
+        ta = read_config(src["checkpoint"])["policy"]["config"]["n_action_steps"]
+        per_iter = probe.ppo.n_envs * probe.ppo.n_steps * ta  # env steps of an iteration if no episode ends early
+        budget = [f"ppo.iterations={-(-s['budget'] // per_iter)}"]
+    overrides = base + budget
+    stamp = run_dir / "row_overrides.json"
+    resume = stamp.exists() and json.loads(stamp.read_text()) == overrides and any((run_dir / "checkpoints").glob("it_*"))
+    if not resume:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        stamp.write_text(json.dumps(overrides))
+    cfg = compose("finetune", overrides + (["run.resume=true"] if resume else []), FinetuneConfig)
+    res = finetune(cfg)
+    pts = res["test_curve"]
+    from genpolicy.protocol import budget_points
+
+    curve = [[p, c["test_success"]] for p, c in zip(budget_points(s["budget"]), pts)]
+    diff = config_diff(compose("finetune", overrides, FinetuneConfig), FinetuneConfig())
+    return LearningRow(algo=algo, task=task, n_demos=start["n_demos"], seed=seed, preset=s["preset"], config_diff=diff,
+                       env_steps_budget=s["budget"], test_episodes=pts[-1]["test_episodes"],
+                       test_success=curve[-1][1], test_curve=curve, test_return=pts[-1]["test_return"],
+                       start_test_return=src["test_return_random_noise"],
+                       start_test_success_zero_noise=src["test_success_zero_noise"],
+                       start_test_success_random_noise=src["test_success_random_noise"], wallclock_s=res["wallclock_s"],
+                       extra={"test_points": pts, "start_checkpoint": src["checkpoint"], "run_dir": str(run_dir)})
+
+
+def baseline_rows(task: str, suite: str, start: dict) -> list:
+    """The start from zero and random noise, and BC on 2x and 5x the demonstrations (seed 0), on the test episodes."""
+    from genpolicy.protocol import LearningRow
+
+    f, out = start["flow"], []
+    pairs = [("bc_zero_noise", f, "test_success_zero_noise", "test_return_zero_noise"),
+             ("bc_random_noise", f, "test_success_random_noise", "test_return_random_noise"),
+             ("bc_2x_demos", start["bc_2x"], "test_success_random_noise", "test_return_random_noise"),
+             ("bc_5x_demos", start["bc_5x"], "test_success_random_noise", "test_return_random_noise")]
+    for name, r, k, kr in pairs:
+        if r is None:
+            continue
+        out.append(LearningRow(algo=name, task=task, n_demos=start["n_demos"], seed=0, preset=SUITES[suite]["preset"],
+                               config_diff={}, env_steps_budget=SUITES[suite]["budget"], test_episodes=r["test_episodes"],
+                               test_success=r[k], test_curve=[], test_return=r[kr], start_test_return=f["test_return_random_noise"],
+                               start_test_success_zero_noise=f["test_success_zero_noise"],
+                               start_test_success_random_noise=f["test_success_random_noise"], wallclock_s=0.0,
+                               extra={"demos_used": r["n_demos"], "checkpoint": r["checkpoint"]}))
+    return out
+
+
 def write_report(js: Path, md: Path) -> None:
     data = load(js)
     rows, meta = data["rows"], data.get("meta", {})
@@ -154,7 +248,8 @@ def write_report(js: Path, md: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stage", choices=["bc"], default="bc")
+    ap.add_argument("--stage", choices=["bc", "finetune"], default="bc")
+    ap.add_argument("--algos", nargs="+", default=ALGOS, choices=ALGOS)
     ap.add_argument("--tasks", nargs="+", default=HARD)
     ap.add_argument("--demos", nargs="+", type=int, default=DEMOS)
     ap.add_argument("--families", nargs="+", default=FAMILIES, choices=FAMILIES)
@@ -165,9 +260,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
-    bad = [d for d in args.demos if d not in DEMOS]
+    bad = [d for d in args.demos if d not in DEMOS + BASELINE_DEMOS]
     if bad:
-        sys.exit(f"--demos {bad}: the regimes are {DEMOS} (nested, so 10 and 25 are a 5-demo start's 2x and 5x)")
+        sys.exit(f"--demos {bad}: the regimes are {DEMOS} (nested, so 10 and 25 are a 5-demo start's 2x and 5x; "
+                 f"{BASELINE_DEMOS} give a 10-demo start's)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     js, md = out / "learning_bc.json", out / "learning_bc.md"
@@ -181,6 +277,26 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.stage == "finetune":
+        from genpolicy.protocol import append_row, load_rows, write_report as protocol_report
+
+        lj = out / "learning.json"
+        bc_rows = load(js)["rows"]
+        for task in args.tasks:
+            suite = task.split("/")[0]
+            start = pick_start(task, bc_rows)
+            for row in baseline_rows(task, suite, start):
+                append_row(lj, row)
+            for seed in args.seeds:
+                for algo in args.algos:
+                    if any(r.key == (algo, task, start["n_demos"], seed, "") for r in load_rows(lj)):
+                        continue  # finished rows are never run again
+                    row = finetune_row(task, suite, algo, seed, start, work / "ft")
+                    if row is not None:
+                        append_row(lj, row)
+                        print(f"[ft] {task} {algo} seed {seed}: test {row.test_curve}", flush=True)
+                        protocol_report(load_rows(lj), out / "learning.md")
+        return
     for seed in args.seeds:
         for d in args.demos:
             for task in args.tasks:

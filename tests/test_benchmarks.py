@@ -99,3 +99,44 @@ def test_off_policy_rows_from_a_diffusion_checkpoint_get_their_own_comparison() 
         "dppo", "fpo (flow d10_n1.0_t0.3_s120)"]
     assert sorted(on_policy_groups(on, "metaworld/t", "d10_n1.0_t0.3_s120")) == [
         "dppo (diffusion d10_n1.0_t0.3_s60)", "fpo"]
+
+
+def test_learning_finetune_stage_writes_protocol_rows(toy_bc_ckpts, tmp_path: Path, monkeypatch) -> None:
+    """benchmarks/learning.py --stage finetune on the toy suite: the start is picked from the BC cells, the row runs
+    the preset with only budget and seed, and its test curve sits at the budget's fixed points on 100 test episodes;
+    the baselines share the table; a rerun skips the finished row."""
+    import json
+
+    import learning
+
+    out = tmp_path / "results"
+    out.mkdir()
+    cell = lambda d, fam, z, r: {"task": "toy/bimodal-right", "n_demos": d, "seed": 0, "family": fam,  # noqa: E731
+                                 "test_success_zero_noise": z, "test_success_random_noise": r, "test_return_zero_noise": z,
+                                 "test_return_random_noise": r, "test_episodes": 100, "weak_start": 0.1 <= min(z, r) and max(z, r) <= 0.6,
+                                 "checkpoint": str(toy_bc_ckpts["flow" if fam != "diffusion" else "diffusion"])}
+    cells = [cell(5, "flow", 0.9, 0.9), cell(10, "flow", 0.5, 0.45), cell(10, "diffusion", 0.5, 0.5),
+             cell(20, "flow", 0.7, 0.7)]  # 5 demos too strong: the start is the 10-demo cell; 20 = its 2x
+    (out / "learning_bc.json").write_text(json.dumps({"rows": cells}))
+    argv = ["learning.py", "--stage", "finetune", "--tasks", "toy/bimodal-right", "--algos", "dsrl", "--seeds", "0",
+            "--out", str(out), "--work", str(tmp_path / "work")]
+    monkeypatch.setattr(sys, "argv", argv)
+    learning.main()
+    data = json.loads((out / "learning.json").read_text())
+    rows = {r["algo"]: r for r in data["rows"]}
+    assert set(rows) == {"dsrl", "bc_zero_noise", "bc_random_noise", "bc_2x_demos"}  # no 50-demo cell: no 5x row
+    r = rows["dsrl"]
+    assert r["n_demos"] == 10 and r["test_episodes"] == 100 and r["env_steps_budget"] == 2000
+    assert [p for p, _ in r["test_curve"]] == [500, 1000, 2000] and r["test_success"] == r["test_curve"][-1][1]
+    assert r["config_diff"]["algo"] == "dsrl" and r["config_diff"]["offpolicy.env_steps"] == 2000
+    from genpolicy.cli import compose
+    from genpolicy.config import FinetuneConfig
+    from genpolicy.protocol import config_diff
+
+    preset = config_diff(compose("finetune", ["algo=dsrl", "preset=toy"], FinetuneConfig), FinetuneConfig())
+    allowed = set(preset) | {"ckpt", "task.name", "offpolicy.env_steps", "test.episodes", "run.seed", "run.dir",
+                             "run.progress"}
+    assert set(r["config_diff"]) <= allowed, set(r["config_diff"]) - allowed  # nothing beyond preset, budget and seed
+    assert rows["bc_2x_demos"]["test_success"] == 0.7 and (out / "learning.md").exists()
+    learning.main()  # finished: nothing runs again
+    assert len(json.loads((out / "learning.json").read_text())["rows"]) == 4
