@@ -259,3 +259,23 @@ def test_per_algorithm_ppo_values_from_the_preset() -> None:
     assert (got["dsrl"].clip_eps, got["dsrl"].minibatch_size, got["dsrl"].actor_lr) == (0.01, 500, 3e-5)  # shared
     with pytest.raises(ConfigError, match="fpo.clip_eps must be > 0"):
         compose("finetune", ["algo=fpo", "ckpt=x", "fpo.clip_eps=-0.1"], FinetuneConfig)
+
+
+def test_fpo_refuses_a_checkpoint_that_samples_with_the_shortcut_head(tmp_path) -> None:
+    """FPO's ratio and gradient come from the d = 0 velocity: acting with the step-size head (sampler=shortcut) would
+    act with what it never trains. The same weights on Euler are accepted."""
+    from genpolicy.config import PolicyConfig
+    from genpolicy.errors import ConfigError
+    from genpolicy.finetune.fpo import FPO
+    from genpolicy.policies import make_policy
+    from genpolicy.policies.base import ShapeMeta
+
+    shape = ShapeMeta(state_dim=2, action_dim=2)
+    cfg = _ft_cfg("fpo", Path("unused"), tmp_path)
+    short = make_policy(PolicyConfig(type="flow", shortcut=True, sampler="shortcut", steps=1, n_obs_steps=1, horizon=8,
+                                     n_action_steps=4, width=32, depth=1, time_dim=16), shape)
+    with pytest.raises(ConfigError, match="shortcut head it never trains"):
+        FPO(short, cfg, torch.device("cpu"))
+    euler = make_policy(PolicyConfig(type="flow", shortcut=True, sampler="euler", steps=4, n_obs_steps=1, horizon=8,
+                                     n_action_steps=4, width=32, depth=1, time_dim=16), shape)
+    assert FPO(euler, cfg, torch.device("cpu")).policy.cfg.sampler == "euler"
