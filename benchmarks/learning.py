@@ -52,7 +52,7 @@ FAMILIES = ["diffusion", "flow"]
 BC_STEPS = 2000  # the suite's fixed BC budget (benchmarks/results/bc_metaworld.md: enough for 50 clean demos)
 TEST_EPISODES = 100
 # per suite: the shipped preset and the env-step budget of every fine-tuning row (fixed before running)
-SUITES = {"metaworld": {"preset": "metaworld", "budget": 200_000}, "toy": {"preset": "toy", "budget": 2_000}}
+SUITES = {"metaworld": {"preset": "metaworld", "budget": 200_000}, "toy": {"preset": "toy", "budget": 1_200}}
 ALGOS = ["dppo", "fpo", "reinflow", "dsrl", "expo"]
 
 

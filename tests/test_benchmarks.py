@@ -126,9 +126,9 @@ def test_learning_finetune_stage_writes_protocol_rows(toy_bc_ckpts, tmp_path: Pa
     rows = {r["algo"]: r for r in data["rows"]}
     assert set(rows) == {"dsrl", "bc_zero_noise", "bc_random_noise", "bc_2x_demos"}  # no 50-demo cell: no 5x row
     r = rows["dsrl"]
-    assert r["n_demos"] == 10 and r["test_episodes"] == 100 and r["env_steps_budget"] == 2000
-    assert [p for p, _ in r["test_curve"]] == [500, 1000, 2000] and r["test_success"] == r["test_curve"][-1][1]
-    assert r["config_diff"]["algo"] == "dsrl" and r["config_diff"]["offpolicy.env_steps"] == 2000
+    assert r["n_demos"] == 10 and r["test_episodes"] == 100 and r["env_steps_budget"] == 1200
+    assert [p for p, _ in r["test_curve"]] == [300, 600, 1200] and r["test_success"] == r["test_curve"][-1][1]
+    assert r["config_diff"]["algo"] == "dsrl" and r["config_diff"]["offpolicy.env_steps"] == 1200
     from genpolicy.cli import compose
     from genpolicy.config import FinetuneConfig
     from genpolicy.protocol import config_diff
