@@ -31,22 +31,11 @@ from genpolicy.datasets.collect import generate  # noqa: E402
 from genpolicy.training.bc import train  # noqa: E402
 from genpolicy.training.checkpoint import load_policy  # noqa: E402
 from genpolicy.training.evaluate import evaluate  # noqa: E402
+from genpolicy.protocol import versions  # noqa: E402,F401  (one definition: machine and package versions)
 
 TASKS = ["metaworld/drawer-open-v3", "metaworld/pick-place-v3", "metaworld/door-open-v3", "metaworld/push-v3",
          "metaworld/button-press-topdown-v3", "metaworld/assembly-v3", "robosuite/lift"]
 OUT = Path(__file__).resolve().parent / "results"
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version(), "genpolicy": genpolicy.__version__}
-    for pkg in ("torch", "numpy", "mujoco", "metaworld", "robosuite"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "-"
-    return out
 
 
 def run_one(task: str, ptype: str, seed: int, args: argparse.Namespace, work: Path) -> list[dict]:

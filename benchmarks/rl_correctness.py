@@ -27,7 +27,7 @@ OUT = Path(__file__).resolve().parent / "results"
 CK_BUTTON = "runs/m17/metaworld_button-press-topdown-v3_flow_d10_n1.0_t0.3_s120/checkpoints/0000120"
 CK_DOOR = "runs/m17/metaworld_door-open-v3_flow_d10_n1.0_t0.3_s120/checkpoints/0000120"
 EXPO_CMD = ("genpolicy finetune algo=expo ckpt={ck} preset=metaworld run.seed=0 run.threads=1 offpolicy.env_steps=30000 "
-            "expo.sampler=shortcut expo.steps=1 offpolicy.offline_data=<its demos>")
+            "offpolicy.offline_data=<its demos>")  # one-step shortcut candidates: now the preset's (set by hand then)
 DSRL_CMD = ("genpolicy finetune algo=dsrl ckpt={ck} preset=metaworld run.seed=<s> run.threads=1 offpolicy.env_steps=40000 "
             "dsrl.target_entropy=<t>")
 TARGETS = {"-1.405": "ours (-1 per dim on the w-space density, m = 1.5)", "0.0": "upstream (0 on tanh-space log-probs)"}
