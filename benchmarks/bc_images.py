@@ -31,8 +31,8 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finetune_onpolicy import _dash, append_row  # noqa: E402
 
+from genpolicy.protocol import append_dict_rows  # noqa: E402
 from genpolicy.config import DataConfig, EvalConfig, OptimConfig, PolicyConfig, RunConfig, TaskConfig, TrainConfig  # noqa: E402
 from genpolicy.datasets.collect import generate  # noqa: E402
 from genpolicy.datasets.replay_buffer import ReplayBuffer  # noqa: E402
@@ -43,6 +43,10 @@ OUT = Path(__file__).resolve().parent / "results"
 # Meta-World state: [0:3] hand xyz, [3] gripper, [4:18] objects, [18:22] previous hand xyz + gripper, ... goal.
 PROPRIO = [0, 1, 2, 3, 18, 19, 20, 21]
 
+
+
+def _row_key(r: dict) -> tuple:
+    return r["task"], r["policy"], r["seed"], r["train_steps"], r.get("image_size"), _encoder(r)
 
 def run_one(task: str, kind: str, seed: int, args: argparse.Namespace, work: Path) -> dict:
     """Train one policy (kind = camera | proprio_only) on the rendered demos and evaluate its final EMA weights."""
@@ -125,7 +129,7 @@ def write_report(data: dict, out: Path) -> None:
         enc = _encoder(r) or "-"
         lines.append(f"| {r['task']} | {r['policy']} | {enc} | {r.get('image_size', 84)} | {r['batch_size']} | {r['seed']} | {r['success_rate']:.2f} | {r['n_episodes']} | "
                      f"{r['train_steps']}{' (from ' + str(r['continued_from']) + ')' if r.get('continued_from') else ''} | "
-                     f"{r['train_minutes']:.1f} | {_dash(r.get('median_steps_per_s'))} | {r['eval_seconds']:.0f} |")
+                     f"{r['train_minutes']:.1f} | {r.get('median_steps_per_s') if r.get('median_steps_per_s') is not None else '-'} | {r['eval_seconds']:.0f} |")
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r["policy"] == "camera":
@@ -182,7 +186,7 @@ def main() -> int:
                 print(f"[bench] {task} {kind} seed {seed}", flush=True)
                 row = run_one(task, kind, seed, args, work)
                 print(f"[bench]   success {row['success_rate']:.2f} ({row['train_minutes']:.1f} min)", flush=True)
-                append_row(js, row, setup)
+                append_dict_rows(js, [row], _row_key, {"setup": setup})
                 write_report(json.loads(js.read_text()), md)
     return 0
 

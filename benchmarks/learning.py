@@ -28,7 +28,6 @@ an interrupted run resumes. Nothing here takes settings beyond the listed flags,
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import shutil
@@ -41,7 +40,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 
 from genpolicy.config import DataConfig, EvalConfig, OptimConfig, PolicyConfig, RunConfig, TaskConfig, TrainConfig  # noqa: E402
-from genpolicy.protocol import SEEDS, _meta, _write_atomic, iqm, start_baselines, weak_start_qualifies  # noqa: E402
+from genpolicy.protocol import SEEDS, _write_atomic, append_dict_rows, iqm, start_baselines, weak_start_qualifies  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 HARD = ["metaworld/assembly-v3", "metaworld/pick-place-v3", "metaworld/stick-pull-v3", "metaworld/shelf-place-v3",
@@ -72,14 +71,7 @@ def load(js: Path) -> dict:
 
 
 def add_rows(js: Path, rows: list[dict], meta_extra: dict) -> None:
-    """Append under a lock, atomically (two workers may share the file)."""
-    with open(js.with_name(js.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        data = load(js)
-        have = {row_key(r) for r in data["rows"]}
-        data["rows"] += [r for r in rows if row_key(r) not in have]
-        data["meta"] = {**_meta(data.get("meta", {}), None), **meta_extra}
-        _write_atomic(js, json.dumps(data, indent=2))
+    append_dict_rows(js, rows, row_key, meta_extra)  # locked, atomic: two workers may share the file
 
 
 def bc_cell(task: str, n_demos: int, seed: int, family: str, work: Path) -> list[dict]:
@@ -142,7 +134,7 @@ def finetune_row(task: str, suite: str, algo: str, seed: int, start: dict, work:
     from genpolicy.cli import compose
     from genpolicy.config import FinetuneConfig
     from genpolicy.finetune.ppo import finetune
-    from genpolicy.protocol import LearningRow, config_diff
+    from genpolicy.protocol import LearningRow, config_diff, resume_or_restart
 
     s = SUITES[suite]
     src = start["diffusion"] if algo == "dppo" else start["flow"]
@@ -162,12 +154,7 @@ def finetune_row(task: str, suite: str, algo: str, seed: int, start: dict, work:
         per_iter = probe.ppo.n_envs * probe.ppo.n_steps * ta  # env steps of an iteration if no episode ends early
         budget = [f"ppo.iterations={-(-s['budget'] // per_iter)}"]
     overrides = base + budget
-    stamp = run_dir / "row_overrides.json"
-    resume = stamp.exists() and json.loads(stamp.read_text()) == overrides and any((run_dir / "checkpoints").glob("it_*"))
-    if not resume:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True)
-        stamp.write_text(json.dumps(overrides))
+    resume = resume_or_restart(run_dir, overrides)  # same overrides (budget included) and a checkpoint, or start over
     cfg = compose("finetune", overrides + (["run.resume=true"] if resume else []), FinetuneConfig)
     res = finetune(cfg)
     pts = res["test_curve"]

@@ -458,7 +458,7 @@ class ReinFlowConfig(PPOOverrides):
 @dataclass
 class OffPolicyConfig:
     """The shared off-policy core (finetune/offpolicy.py). One transition = one executed chunk; env steps count the
-    chunk's executed steps. Widths and update ratios are chosen for a CPU: see benchmarks/results/finetune_offpolicy.md."""
+    chunk's executed steps. Widths and update ratios are chosen for a CPU: see benchmarks/results/archive/finetune_offpolicy.md."""
 
     n_envs: int = 4
     env_steps: int = 50_000  # budget, in environment steps

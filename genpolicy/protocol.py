@@ -403,6 +403,40 @@ def append_row(json_path: str | Path, row: LearningRow, command: Optional[str] =
     return True
 
 
+def append_dict_rows(json_path: str | Path, rows: list[dict], key: Callable[[dict], tuple],
+                     meta_extra: Optional[dict] = None) -> int:
+    """Plain-dict rows (tables that are not `LearningRow`s, e.g. BC cells): add those whose `key` is new, under the
+    file lock and atomically, with the machine, versions and command in `meta`. Returns how many were added."""
+    js = Path(json_path)
+    js.parent.mkdir(parents=True, exist_ok=True)
+    with open(js.with_name(js.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(js.read_text()) if js.exists() else {"rows": []}
+        have = {key(r) for r in data["rows"]}
+        new = [r for r in rows if key(r) not in have]
+        data["rows"] += new
+        data["meta"] = {**_meta(data.get("meta", {}), None), **(meta_extra or {})}
+        _write_atomic(js, json.dumps(data, indent=2))
+    return len(new)
+
+
+def resume_or_restart(run_dir: str | Path, overrides: list[str], stamp_name: str = "row_overrides.json") -> bool:
+    """Whether a row's run directory resumes: only when it was started with exactly these overrides (budget included,
+    so a row is never lengthened) and holds a checkpoint. Anything else is removed and started over, stamped with
+    `overrides`. Fine-tuning resumes exactly (weights, optimisers, every generator, episodes in flight)."""
+    run_dir = Path(run_dir)
+    stamp = run_dir / stamp_name
+    ckpts = run_dir / "checkpoints"
+    if stamp.exists() and json.loads(stamp.read_text()) == list(overrides) and ckpts.is_dir() and any(ckpts.glob("it_*")):
+        return True
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    _write_atomic(stamp, json.dumps(list(overrides)))
+    return False
+
+
 def _fmt(x: Optional[float]) -> str:
     return "-" if x is None else f"{x:.2f}"
 

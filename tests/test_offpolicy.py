@@ -215,8 +215,8 @@ def test_dsrl_base_map_sampler_is_the_steered_policys(toy_bc_ckpts, tmp_path) ->
 
 
 def test_eval_noise_seed_redraws_the_noise_on_the_same_episodes(toy_bc_ckpts) -> None:
-    """benchmarks/noise_coverage.py's premise: `noise_seed` changes only the sampling noise, and from zero initial
-    noise (what DSRL's untrained actor plays) it changes nothing."""
+    """What scoring a start from zero and from random noise rests on (benchmarks/learning.py): `noise_seed` changes
+    only the sampling noise, and from zero initial noise (what DSRL's untrained actor plays) it changes nothing."""
     from genpolicy.finetune.ppo import policy_for_finetuning
     from genpolicy.training.evaluate import evaluate
 
