@@ -162,13 +162,49 @@ def finetune_row(task: str, suite: str, algo: str, seed: int, start: dict, work:
 
     curve = [[p, c["test_success"]] for p, c in zip(budget_points(s["budget"]), pts)]
     diff = config_diff(compose("finetune", overrides, FinetuneConfig), FinetuneConfig())
+    own = algo_start(task, algo, probe, src, work)  # the start under the sampler this algorithm fine-tunes on
     return LearningRow(algo=algo, task=task, n_demos=start["n_demos"], seed=seed, preset=s["preset"], config_diff=diff,
                        env_steps_budget=s["budget"], test_episodes=pts[-1]["test_episodes"],
                        test_success=curve[-1][1], test_curve=curve, test_return=pts[-1]["test_return"],
-                       start_test_return=src["test_return_random_noise"],
-                       start_test_success_zero_noise=src["test_success_zero_noise"],
-                       start_test_success_random_noise=src["test_success_random_noise"], wallclock_s=res["wallclock_s"],
-                       extra={"test_points": pts, "start_checkpoint": src["checkpoint"], "run_dir": str(run_dir)})
+                       start_test_return=own["test_return_random_noise"],
+                       start_test_success_zero_noise=own["test_success_zero_noise"],
+                       start_test_success_random_noise=own["test_success_random_noise"], wallclock_s=res["wallclock_s"],
+                       extra={"test_points": pts, "start_checkpoint": src["checkpoint"], "run_dir": str(run_dir),
+                              "start_sampler": own["sampler"], "start_within_0.1": own["within_0.1"]})
+
+
+def algo_start(task: str, algo: str, probe, src: dict, work: Path) -> dict:
+    """Rule 7 (one start per task): ReinFlow and EXPO fine-tune the flow checkpoint under the sampler their preset
+    section names (ReinFlow: Euler-4 with learned noise; EXPO: candidates from the one-step shortcut head), DSRL may
+    steer another deterministic map. Their start is that sampler on the same checkpoint, scored here on the same 100
+    test episodes from zero and random noise, and held to the DPPO twin's rule: within 0.1 of the shared start. Cached
+    per (checkpoint, sampler) in <work>/algo_starts.json."""
+    from genpolicy.protocol import start_baselines
+    from genpolicy.training.checkpoint import load_policy, read_config
+
+    pc = read_config(src["checkpoint"])["policy"]["config"]
+    sec = {"reinflow": probe.reinflow, "expo": probe.expo, "dsrl": probe.dsrl}.get(algo)
+    sampler = (sec.sampler or pc["sampler"]) if sec is not None else pc["sampler"]
+    steps = (sec.steps or pc["steps"]) if sec is not None else pc["steps"]
+    same = {"test_success_zero_noise": src["test_success_zero_noise"],
+            "test_success_random_noise": src["test_success_random_noise"],
+            "test_return_random_noise": src["test_return_random_noise"]}
+    label = f"{sampler}-{steps}"
+    if (sampler, steps) == (pc["sampler"], pc["steps"]):
+        return {**same, "sampler": label, "within_0.1": True}
+    cache = work / "algo_starts.json"
+    data = json.loads(cache.read_text()) if cache.exists() else {}
+    key = f"{src['checkpoint']}|{label}"
+    if key not in data:
+        b = start_baselines(load_policy(src["checkpoint"]), task, TEST_EPISODES,
+                            sampler={"sampler": sampler, "steps": steps})
+        data = json.loads(cache.read_text()) if cache.exists() else {}
+        data[key] = {"test_success_zero_noise": b.success_zero_noise, "test_success_random_noise": b.success_random_noise,
+                     "test_return_random_noise": b.return_random_noise}
+        _write_atomic(cache, json.dumps(data, indent=2))
+    own = data[key]
+    ok = all(abs(own[k] - same[k]) <= 0.1 for k in ("test_success_zero_noise", "test_success_random_noise"))
+    return {**own, "sampler": label, "within_0.1": ok}
 
 
 def baseline_rows(task: str, suite: str, start: dict) -> list:

@@ -87,24 +87,27 @@ def split_seeds(split: str, n: Optional[int] = None) -> range:
     return selection_seeds(n) if split == "selection" else test_seeds(n)
 
 
-def start_policy(policy: Any, noise: str) -> Any:
-    """The start checkpoint as fine-tuning starts from it (no warm start), sampling from zero or unit random noise."""
+def start_policy(policy: Any, noise: str, **sampler: Any) -> Any:
+    """The start checkpoint as fine-tuning starts from it (no warm start), sampling from zero or unit random noise.
+    `sampler` (e.g. sampler="shortcut", steps=1) evaluates it under the sampler an algorithm fine-tunes on."""
     from genpolicy.finetune.ppo import policy_for_finetuning  # lazy: the fine-tuning stack is heavy and will import us
 
     if noise not in ("zero", "random"):
         raise ConfigError(f"noise must be 'zero' or 'random', got '{noise}'")
     return policy_for_finetuning(policy, "eval", policy.cfg.type, policy.device,
-                                 init_noise_scale=0.0 if noise == "zero" else 1.0).eval()
+                                 init_noise_scale=0.0 if noise == "zero" else 1.0, **sampler).eval()
 
 
 def evaluate_split(policy: Any, task: str, split: str = "test", n_episodes: Optional[int] = None,
-                   noise: str = "policy", noise_seed: Optional[int] = None, **kw: Any) -> dict[str, Any]:
+                   noise: str = "policy", noise_seed: Optional[int] = None, sampler: Optional[dict] = None,
+                   **kw: Any) -> dict[str, Any]:
     """`training.evaluate.evaluate` on the split's episodes. noise="policy" samples as the policy is configured;
-    "zero"/"random" evaluate `start_policy` (the start baselines). kw goes to `evaluate` (n_envs, out_dir, ...)."""
+    "zero"/"random" evaluate `start_policy` (the start baselines) under `sampler` changes if given. kw goes to
+    `evaluate` (n_envs, out_dir, ...)."""
     from genpolicy.training.evaluate import evaluate
 
     seeds = split_seeds(split, n_episodes)
-    pol = policy if noise == "policy" else start_policy(policy, noise)
+    pol = policy if noise == "policy" else start_policy(policy, noise, **(sampler or {}))
     kw.setdefault("progress", False)
     res = evaluate(pol, task, n_episodes=len(seeds), seed=seeds.start, noise_seed=noise_seed, **kw)
     res.update(split=split, noise=noise)
@@ -445,6 +448,32 @@ def _ci(a: Aggregate) -> str:
     return f"{a.iqm:.2f} [{a.iqm_ci[0]:.2f}, {a.iqm_ci[1]:.2f}]"
 
 
+def target_lines(rs: list[LearningRow], points: list[int], reps: int = 2000, gain: float = 0.3) -> list[str]:
+    """The issue's targets on one task, from the rows as they stand: each algorithm's IQM gain over the better start
+    baseline (zero or random noise; met when IQM >= baseline + `gain` and the CI's lower bound is above the baseline),
+    and the first fixed budget point at which its IQM reaches baseline + `gain` (the same points for every algorithm,
+    so on- and off-policy are compared at equal evaluation points). Cells with fewer than 3 seeds are pending."""
+    base = {r.algo: r.test_success for r in rs if r.algo in ("bc_zero_noise", "bc_random_noise")}
+    if not base:
+        return []
+    b = max(base.values())
+    out = [f"Targets (better start baseline {b:.2f}; +{gain:.2f} = {b + gain:.2f}):", "",
+           f"| algo | seeds | IQM at full budget [95% CI] | gain | met (+{gain:.2f}, CI low > baseline) | "
+           f"first point with IQM >= {b + gain:.2f} |", "|---|---|---|---|---|---|"]
+    for name in sorted({r.name for r in rs if r.algo not in BASELINES}):
+        by = [r for r in rs if r.name == name]
+        if len(by) < 3:
+            out.append(f"| {name} | {len(by)} | pending (fewer than 3 seeds) | - | - | - |")
+            continue
+        a = aggregate({name: np.array([[r.test_success] for r in by])}, reps)[name]
+        curves = np.array([[v for _, v in r.test_curve] for r in by if len(r.test_curve) == len(points)])
+        first = next((p for i, p in enumerate(points) if len(curves) and iqm(curves[:, i]) >= b + gain), None)
+        met = a.iqm >= b + gain and a.iqm_ci[0] > b
+        out.append(f"| {name} | {len(by)} | {_ci(a)} | {a.iqm - b:+.2f} | {'yes' if met else 'no'} | "
+                   f"{first if first is not None else 'not reached'} |")
+    return out + [""]
+
+
 def write_report(rows: list[LearningRow], md_path: str | Path, command: Optional[str] = None,
                  title: str = "Learning results", reps: int = 2000) -> list[Path]:
     """The markdown table per task (each seed's test success at every budget point, the start baselines, IQM with
@@ -474,14 +503,15 @@ def write_report(rows: list[LearningRow], md_path: str | Path, command: Optional
         budget, n_eps = (budgets.pop() if budgets else rs[0].env_steps_budget), n_eps.pop()
         points = budget_points(budget)
         lines += [f"## {task}: budget {budget} env steps; test success on {n_eps} held-out test episodes", "",
-                  "| algo | demos | seed | preset | start zero noise | start random noise | weak start | "
+                  "| algo | demos | seed | preset | start sampler | start zero noise | start random noise | weak start | "
                   + " | ".join(f"test success @ {p}" for p in points) + " | test return | wall s | config diff |",
-                  "|---" * (10 + len(points)) + "|"]
+                  "|---" * (11 + len(points)) + "|"]
         for r in rs:
             curve = [v for _, v in r.test_curve] if r.test_curve else [None] * (len(points) - 1) + [r.test_success]
             diff = f"D{diffs.index(json.dumps(r.config_diff, sort_keys=True)) + 1}"
             weak = "yes" if weak_start_qualifies(r.start_test_success_zero_noise, r.start_test_success_random_noise) else "no"
-            lines.append(f"| {r.name} | {r.n_demos} | {r.seed} | {r.preset} | {r.start_test_success_zero_noise:.2f} | "
+            sampler = r.extra.get("start_sampler", "-") + ("" if r.extra.get("start_within_0.1", True) else " (differs > 0.1)")
+            lines.append(f"| {r.name} | {r.n_demos} | {r.seed} | {r.preset} | {sampler} | {r.start_test_success_zero_noise:.2f} | "
                          f"{r.start_test_success_random_noise:.2f} | {weak} | " + " | ".join(map(_fmt, curve))
                          + f" | {r.test_return:.2f} | {r.wallclock_s:.0f} | {diff} |")
         cells: dict[tuple[str, int], dict[int, float]] = {}
@@ -493,10 +523,14 @@ def write_report(rows: list[LearningRow], md_path: str | Path, command: Optional
             s = np.array(list(by_seed.values()))[:, None]
             agg = _ci(aggregate({name: s}, reps)[name]) if len(s) >= 3 else "fewer than 3 seeds"
             lines.append(f"| {name} | {demos} | {','.join(map(str, by_seed))} | {agg} | {s.mean():.2f} |")
-        lines.append("")
+        lines += [""] + target_lines(rs, points, reps)
     # across tasks: each algorithm on the tasks every algorithm ran, on the seeds it ran on all of them
-    names = {(r.name, r.n_demos) for r in rows}
-    tasks = sorted(set.intersection(*({r.task for r in rows if (r.name, r.n_demos) == n} for n in names))) if names else []
+    # (the tasks of the widest-covering algorithms; one still running on fewer tasks is left out and named)
+    cover = {n: {r.task for r in rows if (r.name, r.n_demos) == n} for n in {(r.name, r.n_demos) for r in rows}}
+    widest = max((len(t) for t in cover.values()), default=0)
+    tasks = sorted(set.intersection(*(t for t in cover.values() if len(t) == widest))) if cover else []
+    names = {n for n, t in cover.items() if set(tasks) <= t}
+    left_out = sorted(f"{n} (d{d})" for n, d in set(cover) - names)
     scores = {}
     for name, demos in sorted(names):
         per = [{r.seed: r.test_success for r in rows if (r.name, r.n_demos, r.task) == (name, demos, t)} for t in tasks]
@@ -509,7 +543,7 @@ def write_report(rows: list[LearningRow], md_path: str | Path, command: Optional
                   "| algo | seeds x tasks | IQM [95% CI] | mean [95% CI] |", "|---|---|---|---|"]
         lines += [f"| {n} | {a.n_seeds} x {a.n_tasks} | {_ci(a)} | {a.mean:.2f} [{a.mean_ci[0]:.2f}, {a.mean_ci[1]:.2f}] |"
                   for n, a in aggs.items()]
-        lines.append("")
+        lines += ([f"Not yet on all of these tasks: {', '.join(left_out)}.", ""] if left_out else [""])
     lines += ["## Config diffs against the library defaults (complete, resolved)", ""]
     lines += [f"- D{i + 1}: " + (", ".join(f"`{k}={v}`" for k, v in json.loads(d).items()) or "(library defaults)")
               for i, d in enumerate(diffs)] + [""]

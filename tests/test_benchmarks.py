@@ -77,3 +77,34 @@ def test_learning_finetune_stage_writes_protocol_rows(toy_bc_ckpts, tmp_path: Pa
     assert rows["bc_2x_demos"]["test_success"] == 0.7 and (out / "learning.md").exists()
     learning.main()  # finished: nothing runs again
     assert len(json.loads((out / "learning.json").read_text())["rows"]) == 4
+
+
+def test_an_algorithm_on_another_sampler_gets_its_own_measured_start(toy_bc_ckpts, tmp_path: Path) -> None:
+    """Rule 7: ReinFlow fine-tunes the flow checkpoint under its own sampler (Euler-4 here, the checkpoint samples with
+    Euler-5), so its start is measured on the test episodes under that sampler and cached; an algorithm on the
+    checkpoint's own sampler (FPO) keeps the shared start."""
+    import json
+
+    import learning
+
+    from genpolicy.cli import compose
+    from genpolicy.config import FinetuneConfig
+
+    src = {"checkpoint": str(toy_bc_ckpts["flow"]), "test_success_zero_noise": 0.5, "test_success_random_noise": 0.5,
+           "test_return_random_noise": 0.5}  # deliberately not the checkpoint's real numbers
+    probe = lambda algo: compose("finetune", [f"algo={algo}", "preset=toy", f"ckpt={src['checkpoint']}"], FinetuneConfig)  # noqa: E731
+    fpo = learning.algo_start("toy/bimodal-right", "fpo", probe("fpo"), src, tmp_path)
+    assert fpo["sampler"] == "euler-5" and fpo["test_success_random_noise"] == 0.5 and fpo["within_0.1"]
+    assert not (tmp_path / "algo_starts.json").exists()
+    rf = learning.algo_start("toy/bimodal-right", "reinflow", probe("reinflow"), src, tmp_path)
+    assert rf["sampler"] == "euler-4"
+    cached = json.loads((tmp_path / "algo_starts.json").read_text())
+    assert list(cached) == [f"{src['checkpoint']}|euler-4"]
+    assert cached[f"{src['checkpoint']}|euler-4"]["test_success_random_noise"] == rf["test_success_random_noise"]
+    # measured, not copied: the toy policy goes right about half the time and the right-hand way is rewarded
+    from genpolicy.protocol import start_baselines
+    from genpolicy.training.checkpoint import load_policy
+
+    b = start_baselines(load_policy(src["checkpoint"]), "toy/bimodal-right", 100, sampler={"sampler": "euler", "steps": 4})
+    assert (rf["test_success_zero_noise"], rf["test_success_random_noise"]) == (b.success_zero_noise, b.success_random_noise)
+    assert rf["within_0.1"] == (abs(b.success_zero_noise - 0.5) <= 0.1 and abs(b.success_random_noise - 0.5) <= 0.1)

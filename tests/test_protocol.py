@@ -143,14 +143,21 @@ def test_write_report_tables_every_seed_baselines_and_iqm_on_test_episodes(tmp_p
             for a in ("fpo", "dsrl") for t in (TOY, "toy/bimodal") for s, v in zip(range(3), (0.6, 0.7, 0.9))]
     rows += [_row(algo=b, task=t, seed=s, test_success=0.3, test_curve=[]) for b in P.BASELINES for t in (TOY, "toy/bimodal")
              for s in range(3)]
+    rows += [_row(algo="reinflow", task=TOY, seed=0, test_success=0.95, test_curve=[[1000, 0.9], [2000, 0.9], [4000, 0.95]])]
     md = tmp_path / "learning.md"
     written = P.write_report(rows, md, command="benchmarks/learning.py", reps=200)
     assert written == [md, md.with_suffix(".json"), md.with_suffix(".png")] and all(p.exists() for p in written)
     text = md.read_text()
     assert "Every success rate below is test success: 100 held-out test episodes" in text
     assert text.count("test success on 100 held-out test episodes") == 2  # each task's table says so too
-    assert "| fpo | 10 | 2 | toy | 0.30 | 0.40 | yes | 0.10 | 0.20 | 0.90 |" in text  # every seed, every point
-    assert "| bc_2x_demos | 10 | 0 | toy | 0.30 | 0.40 | yes | - | - | 0.30 |" in text
+    assert "| fpo | 10 | 2 | toy | - | 0.30 | 0.40 | yes | 0.10 | 0.20 | 0.90 |" in text  # every seed, every point
+    assert "| bc_2x_demos | 10 | 0 | toy | - | 0.30 | 0.40 | yes | - | - | 0.30 |" in text
+    # targets: IQM 0.73 over the better start baseline 0.30 (+0.43, CI above it), first reached at the full budget;
+    # an algorithm with one seed so far is pending, not judged
+    assert "Targets (better start baseline 0.30; +0.30 = 0.60)" in text
+    assert "| fpo | 3 | 0.73 [0.60, 0.90] | +0.43 | yes | 4000 |" in text
+    assert "| reinflow | 1 | pending (fewer than 3 seeds) |" in text
+    assert "Not yet on all of these tasks: reinflow (d10)." in text  # the across-task IQM is not dropped for it
     assert "| 12 | D1 |" in text and "- D1: `algo=fpo`" in text  # each row's config diff, spelled out once
     assert "| fpo | 10 | 0,1,2 | 0.73 [" in text and "## Across tasks (toy/bimodal, toy/bimodal-right)" in text
     meta = json.loads(md.with_suffix(".json").read_text())["meta"]
@@ -160,6 +167,23 @@ def test_write_report_tables_every_seed_baselines_and_iqm_on_test_episodes(tmp_p
         P.write_report(rows + [_row(seed=7, env_steps_budget=8000, test_curve=[[2000, 0.1], [4000, 0.2], [8000, 0.8]])], md)
     with pytest.raises(DataError, match="same test episodes"):
         P.write_report(rows + [_row(seed=7, test_episodes=150)], md)
+
+
+def test_targets_use_the_better_start_baseline_the_ci_and_the_fixed_budget_points() -> None:
+    pts = [1000, 2000, 4000]
+    rows = [_row(algo="bc_zero_noise", seed=0, test_success=0.1, test_curve=[]),
+            _row(algo="bc_random_noise", seed=0, test_success=0.3, test_curve=[])]  # the better one: 0.30
+    # fpo: IQM 0.73 at the full budget, already 0.67 >= 0.60 at the half budget
+    rows += [_row(algo="fpo", seed=s, test_success=v, test_curve=[[1000, 0.2], [2000, h], [4000, v]])
+             for s, (h, v) in enumerate([(0.6, 0.6), (0.7, 0.7), (0.7, 0.9)])]
+    # dsrl: IQM 0.63 >= 0.60, but one seed stayed at 0: the CI's lower bound is not above 0.30, so not met
+    rows += [_row(algo="dsrl", seed=s, test_success=v, test_curve=[[1000, 0.0], [2000, 0.0], [4000, v]])
+             for s, v in enumerate([0.0, 0.95, 0.95])]
+    text = "\n".join(P.target_lines(rows, pts, reps=400))
+    assert "better start baseline 0.30; +0.30 = 0.60" in text
+    assert "| fpo | 3 | 0.73 [0.60, 0.90] | +0.43 | yes | 2000 |" in text
+    assert "| dsrl | 3 | 0.63 [0.00, 0.95] | +0.33 | no | 4000 |" in text
+    assert P.target_lines([r for r in rows if r.algo not in P.BASELINES], pts) == []  # no baselines: nothing to judge
 
 
 def test_evaluate_split_uses_the_test_seeds_and_the_start_baselines_change_only_the_noise() -> None:
