@@ -316,6 +316,8 @@ def main() -> None:
                         continue  # finished rows are never run again
                     row = finetune_row(task, suite, algo, seed, start, work / "ft")
                     if row is not None:
+                        # what shared the machine: the worker's own note and the load it saw (2 cores here)
+                        row.extra.update(shared=args.shared, loadavg_15m_at_end=round(os.getloadavg()[2], 2))
                         append_row(lj, row)
                         print(f"[ft] {task} {algo} seed {seed}: test {row.test_curve}", flush=True)
                         protocol_report(load_rows(lj), out / "learning.md")
@@ -329,6 +331,8 @@ def main() -> None:
                         continue
                     t0 = time.time()
                     rows = bc_cell(task, d, seed, fam, work)
+                    for r in rows:  # what shared the machine: the worker's note and the load it saw (2 cores here)
+                        r.update(shared=args.shared, loadavg_15m_at_end=round(os.getloadavg()[2], 2))
                     add_rows(js, rows, {"shared": args.shared} if args.shared else {})
                     for r in rows:
                         print(f"[bc] {task} d{d} {r['family']} seed {seed}: test {r['test_success_zero_noise']:.2f} "
