@@ -150,18 +150,22 @@ def make_guide(policy: "GenerativePolicy", prev: Optional[np.ndarray], frozen: i
 
 
 def bid_scores(cands: torch.Tensor, prev: Optional[torch.Tensor], rho: float, weak: Optional[torch.Tensor] = None,
-               k: int = 3) -> torch.Tensor:
+               k: int = 3, start: int = 0) -> torch.Tensor:
     """Score (N,) of each candidate (N, H, Da); lower is better.
 
-    backward = sum_i rho^i |c_i - prev_i|_2 / sum_i rho^i over the overlap with the old plan `prev` (n, Da);
+    backward = sum_i rho^(i-start) |c_i - prev_i|_2 / sum_i rho^(i-start) over start <= i < n, the overlap with the
+    old plan `prev` (n, Da) from `start` on: under a delay d the first d actions are replaced by the old plan anyway,
+    so coherence counts from the first action the candidate will actually execute (start = d; all of the overlap
+    when d >= n);
     forward (with `weak` (M, H, Da)) = mean distance to the k nearest other candidates minus mean distance to the k
     nearest weak samples (distance = mean per-step Euclidean distance over the chunk)."""
     n_c = cands.shape[0]
     score = cands.new_zeros(n_c)
     if prev is not None and len(prev) > 0:
         n = min(prev.shape[0], cands.shape[1])
-        w = rho ** torch.arange(n, dtype=cands.dtype, device=cands.device)
-        dist = (cands[:, :n] - prev[None, :n]).norm(dim=-1)  # (N, n)
+        s0 = start if 0 <= start < n else 0
+        w = rho ** torch.arange(n - s0, dtype=cands.dtype, device=cands.device)
+        dist = (cands[:, s0:n] - prev[None, s0:n]).norm(dim=-1)  # (N, n - s0)
         score = score + (dist * w).sum(1) / w.sum()
     if weak is not None and n_c > 1:
         def mean_nearest(a: torch.Tensor, b: torch.Tensor, kk: int, exclude_self: bool) -> torch.Tensor:
@@ -178,7 +182,7 @@ def bid_scores(cands: torch.Tensor, prev: Optional[torch.Tensor], rho: float, we
 def bid_select(policy: "GenerativePolicy", cond: torch.Tensor, prev: Optional[torch.Tensor], n: int, rho: float,
                noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
                weak: Optional["GenerativePolicy"] = None, weak_cond: Optional[torch.Tensor] = None,
-               k: int = 3) -> dict[str, torch.Tensor]:
+               k: int = 3, start: int = 0) -> dict[str, torch.Tensor]:
     """N candidates for one observation (cond (1, Dc)) in one batched sampler call; returns the chosen normalised
     chunk (1, H, Da), its index, all candidates and their scores. `prev` (n, Da) normalised, or None."""
     if noise is None:
@@ -188,7 +192,7 @@ def bid_select(policy: "GenerativePolicy", cond: torch.Tensor, prev: Optional[to
     if weak is not None:
         wc = weak_cond if weak_cond is not None else cond
         weak_s = weak.sample(wc.expand(n, -1).contiguous(), generator=generator).clamp(-1.0, 1.0)
-    scores = bid_scores(cands, prev, rho, weak_s, k)
+    scores = bid_scores(cands, prev, rho, weak_s, k, start)
     i = int(torch.argmin(scores))
     return {"actions": cands[i: i + 1], "index": torch.tensor(i), "candidates": cands, "scores": scores}
 
@@ -218,7 +222,7 @@ def realtime_chunk(policy: "GenerativePolicy", obs: dict[str, torch.Tensor], pre
             torch.as_tensor(np.asarray(prev, np.float32), device=cond.device))
         wc = weak.encode(obs) if weak is not None else None
         x = bid_select(policy, cond, p, settings.bid_samples, settings.bid_rho, noise=noise, generator=generator,
-                       weak=weak, weak_cond=wc, k=settings.bid_k)["actions"]
+                       weak=weak, weak_cond=wc, k=settings.bid_k, start=max(int(frozen), 0))["actions"]
         guide = None
     else:
         guide = make_guide(policy, prev, frozen, settings.beta, settings.schedule)
