@@ -146,3 +146,24 @@ def test_mean_jerk_and_execution_config() -> None:
         DeployConfig(execution="rtc", inference="process")
     with pytest.raises(ConfigError, match="blend_s"):
         ControllerConfig(blend_s=-1.0)
+
+
+def test_deploy_records_the_execution_mode_and_settings(tmp_path) -> None:
+    """deploy.execution=rtc end to end (real clock, thread worker, a tiny untrained toy checkpoint): the mode and its
+    settings land in deploy.json and in the recorded dataset's metadata."""
+    import json
+
+    from genpolicy.config import RTCConfig, RunConfig
+    from genpolicy.real_robot.deploy import deploy
+    from genpolicy.training.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "ckpt", PolicyRunner(None).policy, {"task": {"name": "toy/bimodal"}}, 0)
+    cfg = DeployConfig(ckpt=str(ckpt), n_episodes=1, execution="rtc", rtc=RTCConfig(beta=3.0, schedule="linear"),
+                       controller=ControllerConfig(max_steps=20), run=RunConfig(dir=str(tmp_path / "run"), progress=False))
+    res = deploy(cfg)
+    saved = json.loads((tmp_path / "run" / "deploy.json").read_text()) if (tmp_path / "run" / "deploy.json").exists() \
+        else json.loads(open(res["run_dir"] + "/deploy.json").read())
+    want = {"mode": "rtc", "beta": 3.0, "schedule": "linear", "delay_window": 10}
+    assert {k: saved["execution"][k] for k in want} == want and "mean_jerk" in saved
+    meta = json.loads(open(res["dataset"] + "/meta/genpolicy.json").read())
+    assert {k: meta["execution"][k] for k in want} == want
