@@ -65,6 +65,7 @@ class EpisodeReport:
     mean_jerk: float = 0.0  # mean |third difference of the sent command|_2 * rate^3 (action units / s^3)
     delays: list[int] = field(default_factory=list)  # per chunk: arrival step - observation step
     frozen: list[int] = field(default_factory=list)  # rtc/bid: the frozen prefix d sent with each request
+    starved_chunks: int = 0  # chunks (after the first) that arrived when the plan in force had already run out
 
     def summary(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k not in ("frames", "cadence", "lateness_ms", "boundary_jumps",
@@ -106,6 +107,7 @@ class Controller:
                                cfg.latency_handling and mode != "sync")
         delays: deque = deque(maxlen=cfg.delay_window)
         all_delays, all_frozen, sent_hist = [], [], []
+        self._starved = 0
         hist: deque = deque(maxlen=self.spec.n_obs_steps)
         frames: dict[str, list] = {k: [] for k in (*self.keys, "action", "policy_action", "held", "clamped",
                                                    "lateness_ms", "t")}
@@ -191,7 +193,8 @@ class Controller:
                              boundary_jumps=jumps, boundary_step_changes=raw_jumps,
                              clamps={k: self.safety.counts[k] - counts0[k] for k in STAGES}, frames=frames,
                              lateness_ms=[x * 1e3 for x in timer.lateness], execution=mode,
-                             mean_jerk=mean_jerk(sent_hist, cfg.rate_hz), delays=all_delays, frozen=all_frozen)
+                             mean_jerk=mean_jerk(sent_hist, cfg.rate_hz), delays=all_delays, frozen=all_frozen,
+                             starved_chunks=self._starved)
 
     def _take(self, sched: ActionSchedule, step: int, delays: deque, all_delays: list) -> int:
         """Stamp finished chunks into the schedule; record each one's delay in steps (what rtc's d is estimated
@@ -201,6 +204,8 @@ class Controller:
             if res.actions is None:
                 continue
             actions = res.actions[: self.request_every] if self.cfg.blending == "sync" else res.actions
+            if all_delays and sched.remaining(step) == 0 and self.cfg.blending != "sync":  # sync waits by design
+                self._starved += 1
             sched.add(actions, res.obs_step, step)
             delays.append(step - res.obs_step)
             all_delays.append(step - res.obs_step)
