@@ -52,8 +52,6 @@ OUT = Path(__file__).resolve().parent / "results"
 TASKS = ["pusht/pusht", "metaworld/pick-place-v3", "metaworld/peg-insert-side-v3"]
 RATES = [30.0, 50.0, 100.0]
 LATENCIES = [0.0, 50.0, 100.0, 200.0, 300.0]
-RTC = dict(beta=5.0, schedule="exp")
-BID = dict(bid_samples=8, bid_rho=0.5, bid_k=3)
 
 
 # --- policies -------------------------------------------------------------------------------------------------------
@@ -62,7 +60,8 @@ def bc_checkpoint(task: str, work: Path, args: argparse.Namespace) -> Optional[s
     given = dict(kv.split("=", 1) for kv in args.ckpt)
     if task in given:
         return given[task]
-    info = work / f"{task.replace('/', '_')}_bc.json"
+    tag = f"{task.replace('/', '_')}_h{args.horizon}_ta{args.n_action_steps}"
+    info = work / f"{tag}_bc.json"
     if info.exists():
         return json.loads(info.read_text())["ckpt"]
     from genpolicy.config import DataConfig, EvalConfig, OptimConfig, PolicyConfig, RunConfig, TaskConfig, TrainConfig
@@ -77,11 +76,12 @@ def bc_checkpoint(task: str, work: Path, args: argparse.Namespace) -> Optional[s
         data = work / f"{task.replace('/', '_')}_demos.zarr"
         if not data.exists():
             generate(task, args.demos, seed=0, progress=False).save(data)
-    pol = PolicyConfig(type="flow", sampler="euler", steps=10, **(dict(width=128, depth=2) if args.quick else {}))
+    pol = PolicyConfig(type="flow", sampler="euler", steps=10, horizon=args.horizon, n_action_steps=args.n_action_steps,
+                       **(dict(width=128, depth=2) if args.quick else {}))
     cfg = TrainConfig(task=TaskConfig(name=task), policy=pol, data=DataConfig(path=str(data)),
                       train=OptimConfig(steps=args.train_steps, batch_size=256),
                       eval=EvalConfig(n_episodes=10, n_envs=10, n_videos=0),
-                      run=RunConfig(dir=str(work / f"{task.replace('/', '_')}_bc"), progress=False, log_every=10**9,
+                      run=RunConfig(dir=str(work / f"{tag}_bc"), progress=False, log_every=10**9,
                                     ckpt_every=10**9))
     t0 = time.time()
     res = train(cfg)
@@ -95,7 +95,8 @@ def run_row(task: str, ckpt: str, rate: float, latency_ms: float, mode: str, arg
             frames_cb: Any = None, seeds: Optional[list[int]] = None) -> dict[str, Any]:
     settings = None
     if mode in ("rtc", "bid"):
-        settings = RealtimeSettings(mode=mode, **RTC, **BID)
+        settings = RealtimeSettings(mode=mode, beta=args.rtc_beta, schedule=args.rtc_schedule,
+                                    bid_samples=args.bid_samples, bid_rho=0.5, bid_k=3)
     runner = LocalPolicy(ckpt, realtime=settings)
     runner._gen.manual_seed(0)  # the same policy noise stream for every row
     clock = FakeClock()
@@ -134,12 +135,22 @@ def run_row(task: str, ckpt: str, rate: float, latency_ms: float, mode: str, arg
             "mean_boundary_jump": float(np.mean(jumps)) if jumps else 0.0,
             "mean_jerk": float(np.mean(jerks)), "inference_ms_p50": float(np.percentile(comp, 50)),
             "inference_ms_p99": float(np.percentile(comp, 99)), "overruns": int(overruns),
-            "held_ticks": int(held), "steps": int(steps), "settings": {"rtc": RTC, "bid": BID}.get(mode, {}),
+            "held_ticks": int(held), "steps": int(steps), "variant": variant(mode, args),
+            "settings": {"rtc": {"beta": args.rtc_beta, "schedule": args.rtc_schedule},
+                         "bid": {"samples": args.bid_samples, "rho": 0.5, "k": 3}}.get(mode, {}),
             "checkpoint": ckpt, "seeds": [seeds[0], seeds[-1]], "wall_s": round(time.time() - t0, 1)}
 
 
+def variant(mode: str, args: argparse.Namespace) -> str:
+    """The settings a row's mode ran with, in its key: ablations (--rtc-schedule, --rtc-beta, --bid-samples) are
+    rows of their own, not overwrites."""
+    if mode == "rtc":
+        return f"beta{args.rtc_beta:g}_{args.rtc_schedule}"
+    return f"n{args.bid_samples}" if mode == "bid" else ""
+
+
 def _key(r: dict) -> tuple:
-    return (r["task"], float(r["rate_hz"]), float(r["latency_ms"]), r["mode"])
+    return (r["task"], float(r["rate_hz"]), float(r["latency_ms"]), r["mode"], r.get("variant", ""))
 
 
 def append_row(path: Path, row: dict, command: str) -> None:
@@ -156,7 +167,12 @@ def append_row(path: Path, row: dict, command: str) -> None:
 
 
 # --- report -----------------------------------------------------------------------------------------------------------
-def write_report(out: Path, name: str, skipped: list[str]) -> None:
+def main_rows(rows: list[dict], main: dict[str, str]) -> list[dict]:
+    """The rows of the main settings (`main`: mode -> variant); ablation rows stay in the table only."""
+    return [r for r in rows if r.get("variant", "") == main.get(r["mode"], "")]
+
+
+def write_report(out: Path, name: str, skipped: list[str], main: dict[str, str]) -> None:
     data = json.loads((out / f"{name}.json").read_text())
     rows, meta = data["rows"], data["meta"]
     tasks = sorted({r["task"] for r in rows})
@@ -166,9 +182,11 @@ def write_report(out: Path, name: str, skipped: list[str]) -> None:
              + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()) + "  ",
              f"Episodes: protocol test seeds from {SEEDS.test.start} (the same for every row). Simulated time: each "
              "chunk arrives at submit + injected latency + uniform jitter + its measured inference time; one env step "
-             "per control period. RTC: beta 5, exp soft mask, d = the largest delay (steps) of the last 10 chunks. "
-             "BID: 8 candidates in one batched call, backward coherence rho 0.5 from the first executed action (no weak "
-             "policy). Blend window 0.133 s at every rate. Jump = for the blend window after a takeover, |(a_t - a_t-1)"
+             f"per control period. RTC ({main.get('rtc')}): guidance cap beta and mask schedule as named, d = the "
+             f"largest delay (steps) of the last 10 chunks. BID ({main.get('bid')}): N candidates in one batched call, "
+             "backward coherence rho 0.5 from the first executed action (no weak policy). Targets and the plot use "
+             "these; other variants are ablation rows. A chunk can only bridge a delay shorter than it: with H steps at "
+             "rate f, latencies >= (H - 1) / f (150 ms for H=16 at 100 Hz) leave nothing on time. Blend window 0.133 s at every rate. Jump = for the blend window after a takeover, |(a_t - a_t-1)"
              " - (old_t - old_t-1)|_inf (the jump the switch adds); jerk = mean |third difference of the sent command|_2"
              " * rate^3; overruns = chunks that arrived after the plan in force ran out.", ""]
     if skipped:
@@ -177,19 +195,21 @@ def write_report(out: Path, name: str, skipped: list[str]) -> None:
         lines += [f"## {task}", "", "| rate Hz | latency ms | mode | success | n | jump max / p95 | jerk | "
                   "inference ms p50 / p99 | overruns | held ticks |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted((r for r in rows if r["task"] == task),
-                        key=lambda r: (r["rate_hz"], r["latency_ms"], EXECUTION_MODES.index(r["mode"]))):
-            lines.append(f"| {r['rate_hz']:.0f} | {r['latency_ms']:.0f} | {r['mode']} | {r['success_rate']:.2f} | "
+                        key=lambda r: (r["rate_hz"], r["latency_ms"], EXECUTION_MODES.index(r["mode"]), r.get("variant", ""))):
+            tag = f" {r['variant']}" if r.get("variant") else ""
+            lines.append(f"| {r['rate_hz']:.0f} | {r['latency_ms']:.0f} | {r['mode']}{tag} | {r['success_rate']:.2f} | "
                          f"{r['n_episodes']} | {r['max_boundary_jump']:.3f} / {r['p95_boundary_jump']:.3f} | "
                          f"{r['mean_jerk']:.3g} | {r['inference_ms_p50']:.1f} / {r['inference_ms_p99']:.1f} | "
                          f"{r['overruns']} | {r['held_ticks']} |")
         lines.append("")
-    lines += ["## Targets", ""] + targets(rows) + [""]
+    lines += ["## Targets", ""] + targets(main_rows(rows, main)) + [""]
     (out / f"{name}.md").write_text("\n".join(lines))
 
 
 def targets(rows: list[dict]) -> list[str]:
     """The issue's targets, each checked where its rows exist (a missing row is said, not passed)."""
-    by = {_key(r): r for r in rows}
+    by = {_key(r)[:4]: r for r in rows}
+    lats = sorted({r["latency_ms"] for r in rows})
     out = []
     for task in sorted({r["task"] for r in rows}):
         for rate in sorted({r["rate_hz"] for r in rows if r["task"] == task}):
@@ -207,7 +227,7 @@ def targets(rows: list[dict]) -> list[str]:
                 out.append(f"- {task} {rate:.0f} Hz: p95 jump latest / rtc: " + ", ".join(cuts) + " (target >= 2x)")
             worse = [f"{lat:.0f} ms vs {m} ({by[(task, rate, lat, m)]['success_rate']:.2f} > "
                      f"{by[(task, rate, lat, 'rtc')]['success_rate']:.2f})"
-                     for lat in LATENCIES for m in ("blend", "ensemble")
+                     for lat in lats for m in ("blend", "ensemble")
                      if (task, rate, lat, m) in by and (task, rate, lat, "rtc") in by
                      and by[(task, rate, lat, m)]["success_rate"] > by[(task, rate, lat, "rtc")]["success_rate"]]
             out.append(f"- {task} {rate:.0f} Hz: RTC matches or beats blend and ensemble on success at every latency"
@@ -215,20 +235,20 @@ def targets(rows: list[dict]) -> list[str]:
             wins = [f"{lat:.0f} ms ({by[(task, rate, lat, 'bid')]['success_rate']:.2f} vs rtc "
                     f"{by[(task, rate, lat, 'rtc')]['success_rate']:.2f}, {by[(task, rate, lat, 'bid')]['inference_ms_p50']:.1f}"
                     f" vs {by[(task, rate, lat, 'rtc')]['inference_ms_p50']:.1f} ms per chunk)"
-                    for lat in LATENCIES if (task, rate, lat, "bid") in by and (task, rate, lat, "rtc") in by
+                    for lat in lats if (task, rate, lat, "bid") in by and (task, rate, lat, "rtc") in by
                     and by[(task, rate, lat, "bid")]["success_rate"] > by[(task, rate, lat, "rtc")]["success_rate"]]
             if wins:
                 out.append(f"- {task} {rate:.0f} Hz: BID beats RTC at " + "; ".join(wins))
     return out or ["- no rows yet"]
 
 
-def plot(out: Path, name: str) -> Optional[Path]:
+def plot(out: Path, name: str, main: dict[str, str]) -> Optional[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = json.loads((out / f"{name}.json").read_text())["rows"]
+    rows = main_rows(json.loads((out / f"{name}.json").read_text())["rows"], main)
     tasks, rates = sorted({r["task"] for r in rows}), sorted({r["rate_hz"] for r in rows})
     if not rows:
         return None
@@ -285,6 +305,11 @@ def main() -> None:
     ap.add_argument("--latencies", nargs="+", type=float, default=LATENCIES, help="injected latency, ms")
     ap.add_argument("--jitter-ms", type=float, default=10.0, help="+ uniform [0, jitter) per chunk")
     ap.add_argument("--modes", nargs="+", default=list(EXECUTION_MODES))
+    ap.add_argument("--rtc-beta", type=float, default=10.0, help="guidance cap (about the number of sampling steps)")
+    ap.add_argument("--rtc-schedule", default="ones", choices=["exp", "linear", "ones", "zeros"])
+    ap.add_argument("--bid-samples", type=int, default=8)
+    ap.add_argument("--horizon", type=int, default=16, help="H of the trained policies")
+    ap.add_argument("--n-action-steps", type=int, default=8, help="Ta (also how often a chunk is requested)")
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--demos", type=int, default=50)
     ap.add_argument("--train-steps", type=int, default=2000)
@@ -323,7 +348,7 @@ def main() -> None:
         for rate in args.rates:
             for lat in args.latencies:
                 for mode in args.modes:
-                    if (task, rate, lat, mode) in done:
+                    if (task, rate, lat, mode, variant(mode, args)) in done:
                         continue
                     row = run_row(task, ckpt, rate, lat, mode, args)
                     append_row(js, row, command)
@@ -332,8 +357,9 @@ def main() -> None:
                           f"inf {row['inference_ms_p50']:.1f} ms overruns {row['overruns']} ({row['wall_s']} s)",
                           flush=True)
     if js.exists():
-        write_report(out, args.name, skipped)
-        plot(out, args.name)
+        main_v = {m: variant(m, args) for m in EXECUTION_MODES}
+        write_report(out, args.name, skipped, main_v)
+        plot(out, args.name, main_v)
     strip_task = "pusht/pusht" if "pusht/pusht" in ckpts else next(iter(ckpts), None)
     if strip_task is not None:
         video_strip(strip_task, ckpts[strip_task], args, out, args.name)

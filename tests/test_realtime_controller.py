@@ -167,3 +167,27 @@ def test_deploy_records_the_execution_mode_and_settings(tmp_path) -> None:
     assert {k: saved["execution"][k] for k in want} == want and "mean_jerk" in saved
     meta = json.loads(open(res["dataset"] + "/meta/genpolicy.json").read())
     assert {k: meta["execution"][k] for k in want} == want
+
+
+def test_benchmark_rows_append_once_and_ablations_are_rows_of_their_own(tmp_path) -> None:
+    import argparse
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import realtime as bench
+
+    args = argparse.Namespace(rtc_beta=10.0, rtc_schedule="ones", bid_samples=8)
+    row = {"task": "t", "rate_hz": 30.0, "latency_ms": 200.0, "mode": "rtc", "variant": bench.variant("rtc", args),
+           "success_rate": 1.0, "p95_boundary_jump": 0.1}
+    js = tmp_path / "r.json"
+    bench.append_row(js, row, "cmd")
+    bench.append_row(js, dict(row, success_rate=0.0), "cmd")  # a finished row is never overwritten
+    args.rtc_schedule = "exp"
+    bench.append_row(js, dict(row, variant=bench.variant("rtc", args)), "cmd")
+    rows = json.loads(js.read_text())["rows"]
+    assert [r["success_rate"] for r in rows] == [1.0, 1.0] and len({r["variant"] for r in rows}) == 2
+    zero = dict(row, latency_ms=0.0)
+    lines = bench.targets([zero, row, dict(row, mode="latest", variant="", p95_boundary_jump=0.3)])
+    assert any("within 0.05" in x for x in lines) and any("3.0x" in x for x in lines)

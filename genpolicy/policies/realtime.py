@@ -202,8 +202,8 @@ class RealtimeSettings:
     """Policy-side settings of deploy.execution=rtc|bid (validated by config.RTCConfig / BIDConfig)."""
 
     mode: str = "rtc"  # rtc | bid
-    beta: float = 5.0
-    schedule: str = "exp"
+    beta: float = 10.0
+    schedule: str = "ones"
     bid_samples: int = 8
     bid_rho: float = 0.5
     bid_k: int = 3
