@@ -62,6 +62,10 @@ def test_frozen_prefix_equals_the_old_plan_and_guidance_pulls_the_overlap(name: 
         k = min(d, 6)
         assert np.array_equal(out[:k], prev[:k]), (name, d)
         assert np.all(np.isfinite(out))
+        with torch.no_grad():  # the engine itself replaces the frozen prefix (normalised space), not only the wrapper
+            g = make_guide(p, prev, d, 5.0, "exp")
+            x = p.sample(p.encode(obs), noise=noise.clone(), guide=g)
+        assert torch.equal(x[:, :k], g.target[:, :k]), (name, d)
     if name == "ddim_x0":  # x0 = the network output: an untrained net barely depends on x, so J^T e is ~0 here
         return
     # guidance moves the soft-masked part of the overlap toward the old plan
@@ -99,6 +103,29 @@ def test_guidance_gradient_matches_finite_differences(name: str, kw: dict) -> No
         dx[idx] = eps
         fd = (loss(x + dx) - loss(x - dx)) / (2 * eps)
         assert -fd == pytest.approx(float(g[idx]), rel=1e-5, abs=1e-8), (name, idx)
+
+
+@pytest.mark.parametrize("name,kw", FAMILIES)
+def test_guided_output_carries_the_stated_correction(name: str, kw: dict) -> None:
+    """flow: v' = v + min(beta, (t^2 + (1-t)^2) / (t (1-t))) g; diffusion: the step's x0 = x_hat + min(beta, 1/sqrt(abar)) g
+    (so an epsilon network's output is rewritten to match), with the weights computed here from the grid."""
+    p = fitted_tiny_policy(**kw).double()
+    cond = p.encode({"state": _obs(p)["state"].double()})
+    guide = make_guide(p, _plan(p, 6).astype(np.float64), 2, 3.0, "ones")
+    guide.target, guide.weights = guide.target.double(), guide.weights.double()
+    den = GuidedDenoiser(p.make_denoiser(cond), p.grid, guide)
+    x = torch.randn(1, p.cfg.horizon, p.shape.action_dim, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    for e in range(len(p.grid.eval_t)):
+        out, x_hat, g = den.vjp(x, e)
+        guided = den(x, e)
+        if kw["type"] == "flow":
+            t = p.grid.eval_t[e] / 1000.0
+            w = 3.0 if t in (0.0, 1.0) else min(3.0, (t * t + (1 - t) ** 2) / (t * (1 - t)))
+            assert torch.allclose(guided, out + w * g, atol=1e-10), (name, e)
+        else:
+            abar = float(p.alphas_cumprod[int(p.grid.eval_t[e])])
+            x0 = p.grid.coef["p_x"][e] * x + p.grid.coef["p_o"][e] * guided  # what grid_step will take as x0
+            assert torch.allclose(x0, x_hat + min(3.0, abar ** -0.5) * g, atol=1e-5), (name, e)
 
 
 def test_bid_returns_the_best_scored_candidate_from_recorded_noise() -> None:

@@ -63,6 +63,11 @@ def test_no_action_executes_after_its_time(mode: str, latency_steps: float) -> N
         assert not np.any(prop[ok] / SCALE > steps[ok] + 1e-3)  # never an action from the future
         assert rep.delays and all(d == int(np.ceil(latency_steps)) for d in rep.delays)
         assert (~ok).sum() >= (rep.chunks - 1) * int(np.ceil(latency_steps))  # held while each chunk was computed
+        runs, run = [], 0  # each chunk executes Ta actions, then the robot waits for the next chunk
+        for t in range(len(prop)):
+            run = run + 1 if ok[t] and t and ok[t - 1] and abs(prop[t] - prop[t - 1] - SCALE) < 1e-6 else int(ok[t])
+            runs.append(run)
+        assert max(runs) == (SPEC.n_action_steps if latency_steps > 0 else len(prop))  # at 0 ms chunks abut
     else:  # every new action is exactly the one meant for this step (late ones dropped, none shifted); a gap is
         # bridged by repeating the last command, never by an action meant for later
         assert not np.any(prop[ok] / SCALE > steps[ok] + 1e-3), mode
