@@ -889,9 +889,8 @@ class DeployConfig:
         if self.execution == "blend" and self.controller.blending != "blend":
             self.execution = self.controller.blending  # the older key controller.blending=<mode> still selects it
         self.controller = dataclasses.replace(self.controller, blending=self.execution)  # one source of truth
-        _check(self.execution not in ("rtc", "bid") or self.inference == "thread",
-               f"execution={self.execution} samples next to the controller (the old plan goes into the sampler); "
-               f"use inference=thread, got inference={self.inference}")
+        _check(not (self.execution == "bid" and self.bid.weak_ckpt) or self.inference == "thread",
+               f"bid.weak_ckpt is loaded next to the controller; use inference=thread, got inference={self.inference}")
         if self.inference == "remote":
             parse_address(self.server, "server")
         _check(self.n_episodes >= 1, f"n_episodes must be >= 1, got {self.n_episodes}")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from genpolicy.config import EXECUTION_MODES, ControllerConfig, DeployConfig, SafetyConfig
+from genpolicy.config import EXECUTION_MODES, BIDConfig, ControllerConfig, DeployConfig, SafetyConfig, ServeConfig
 from genpolicy.errors import ConfigError
 from genpolicy.policies.realtime import RealtimeSettings, realtime_chunk
 from genpolicy.real_robot.clock import FakeClock
@@ -148,7 +148,7 @@ def test_mean_jerk_and_execution_config() -> None:
     with pytest.raises(ConfigError, match="execution must be"):
         DeployConfig(execution="sideways")
     with pytest.raises(ConfigError, match="inference=thread"):
-        DeployConfig(execution="rtc", inference="process")
+        DeployConfig(execution="bid", inference="process", bid=BIDConfig(weak_ckpt="w"))
     with pytest.raises(ConfigError, match="blend_s"):
         ControllerConfig(blend_s=-1.0)
 
@@ -196,3 +196,31 @@ def test_benchmark_rows_append_once_and_ablations_are_rows_of_their_own(tmp_path
     zero = dict(row, latency_ms=0.0)
     lines = bench.targets([zero, row, dict(row, mode="latest", variant="", p95_boundary_jump=0.3)])
     assert any("within 0.05" in x for x in lines) and any("3.0x" in x for x in lines)
+
+
+def test_rtc_over_the_policy_server(tmp_path) -> None:
+    """inference=process|remote: the plan, d and the settings travel with the request (msgpack and safetensors);
+    the server checks them and answers with the old plan as the chunk's prefix; bad values get one-line errors."""
+    from genpolicy.errors import GenpolicyError
+    from genpolicy.real_robot.inference import LocalPolicy
+    from genpolicy.real_robot.server import PolicyClient, PolicyServer
+    from genpolicy.training.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "ckpt", PolicyRunner(None).policy, {"task": {"name": "toy/bimodal"}}, 0)
+    srv = PolicyServer(LocalPolicy(ckpt), ServeConfig(port=0))
+    host, port = srv.start()
+    try:
+        obs = {"state": np.zeros((2, 2), np.float32)}
+        prev = np.random.default_rng(0).uniform(-0.5, 0.5, size=(5, 2))
+        for codec in ("msgpack", "safetensors"):
+            client = PolicyClient(host, port, codec=codec, deadline_s=5.0, realtime=RealtimeSettings(mode="rtc"))
+            out = client.infer(obs, ChunkRequest(prev, 3))
+            assert np.array_equal(out[:3], prev[:3].astype(np.float32)) and not np.array_equal(out[3], prev[3])
+            assert client.infer(obs, ChunkRequest(prev[:0], 2)).shape == (8, 2)  # no old plan: a plain chunk
+            client.close()
+        bad = PolicyClient(host, port, deadline_s=5.0, realtime=RealtimeSettings(mode="rtc", schedule="sideways"))
+        with pytest.raises(GenpolicyError, match="rtc.schedule"):
+            bad.infer(obs, ChunkRequest(prev, 1))
+        bad.close()
+    finally:
+        srv.close()

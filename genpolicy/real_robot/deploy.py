@@ -142,7 +142,7 @@ def deploy(cfg: DeployConfig) -> dict[str, Any]:
             else:
                 host, port = parse_address(cfg.server, "server")
             runner = PolicyClient(host, port, cfg.serve.token, cfg.serve.codec, cfg.serve.deadline_ms / 1e3,
-                                  cfg.serve.max_bytes)
+                                  cfg.serve.max_bytes, realtime=realtime_settings(cfg))
             stack.callback(runner.close)
         spec = runner.spec
         task = cfg.robot.task or spec.task
