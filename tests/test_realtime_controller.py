@@ -218,9 +218,11 @@ def test_rtc_over_the_policy_server(tmp_path) -> None:
             assert np.array_equal(out[:3], prev[:3].astype(np.float32)) and not np.array_equal(out[3], prev[3])
             assert client.infer(obs, ChunkRequest(prev[:0], 2)).shape == (8, 2)  # no old plan: a plain chunk
             client.close()
-        bad = PolicyClient(host, port, deadline_s=5.0, realtime=RealtimeSettings(mode="rtc", schedule="sideways"))
-        with pytest.raises(GenpolicyError, match="rtc.schedule"):
-            bad.infer(obs, ChunkRequest(prev, 1))
-        bad.close()
+        for kw, key in ((dict(schedule="sideways"), "rtc.schedule"), (dict(beta=-1.0), "rtc.beta"),
+                        (dict(mode="bid", bid_samples=0), "bid.samples")):
+            bad = PolicyClient(host, port, deadline_s=5.0, realtime=RealtimeSettings(**({"mode": "rtc"} | kw)))
+            with pytest.raises(GenpolicyError, match=key):
+                bad.infer(obs, ChunkRequest(prev, 1))
+            bad.close()
     finally:
         srv.close()

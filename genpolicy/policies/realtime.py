@@ -216,7 +216,13 @@ def realtime_chunk(policy: "GenerativePolicy", obs: dict[str, torch.Tensor], pre
     """One chunk (1, H, Da) in env units that joins the old plan `prev` ((n, Da) env units, index 0 = this chunk's
     first step; None or empty = no old plan). rtc: guided inpainting with the first `frozen` actions equal to `prev`;
     bid: the most coherent of N candidates (the same exact prefix replacement, so both modes honour the delay)."""
+    if policy.steer is not None:  # its noise actor / edit policy would be bypassed silently
+        raise ConfigError(f"execution={settings.mode} does not combine with a steered ({policy.cfg.steer}) policy; "
+                          "use execution=latest|blend|ensemble")
     cond = policy.encode(obs)
+    if noise is None and policy.cfg.init_noise_scale != 1.0:  # as predict_chunk (e.g. FPO++'s zero-noise evaluation)
+        n = settings.bid_samples if settings.mode == "bid" else 1
+        noise = policy.initial_noise(n, generator) * policy.cfg.init_noise_scale
     if settings.mode == "bid":
         p = None if prev is None or len(prev) == 0 else policy.normalize_actions(
             torch.as_tensor(np.asarray(prev, np.float32), device=cond.device))
