@@ -203,6 +203,7 @@ def write_report(out: Path, name: str, skipped: list[str], main: dict[str, str])
                          f"{r['overruns']} | {r['held_ticks']} |")
         lines.append("")
     lines += ["## Targets", ""] + targets(main_rows(rows, main)) + [""]
+    lines += [f"![success vs latency]({name}_success.png)", "", f"![one episode, latest and rtc]({name}_strip.png)", ""]
     (out / f"{name}.md").write_text("\n".join(lines))
 
 
@@ -275,8 +276,6 @@ def plot(out: Path, name: str, main: dict[str, str]) -> Optional[Path]:
 
 def video_strip(task: str, ckpt: str, args: argparse.Namespace, out: Path, name: str) -> Path:
     """Frames of one episode at 200 ms, latest (top) beside rtc (bottom), every few steps."""
-    import imageio.v2 as imageio
-
     rows = []
     for mode in ("latest", "rtc"):
         frames: list[np.ndarray] = []
@@ -292,8 +291,20 @@ def video_strip(task: str, ckpt: str, args: argparse.Namespace, out: Path, name:
         while len(frames) < args.strip_frames:
             frames.append(frames[-1] if frames else np.zeros((96, 96, 3), np.uint8))
         rows.append(np.concatenate(frames, 1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(rows[0].shape[1] / 100, 2 * rows[0].shape[0] / 100 + 0.6))
+    for ax, img, label in zip(axes, rows, ("latest", "rtc")):
+        ax.imshow(img)
+        ax.set_axis_off()
+        ax.set_title(f"{task}, 30 Hz, 200 ms injected latency: {label} (every {args.strip_every} steps)", fontsize=8)
+    fig.tight_layout()
     path = out / f"{name}_strip.png"
-    imageio.imwrite(path, np.concatenate(rows, 0))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return path
 
 

@@ -146,3 +146,14 @@ def test_bid_returns_the_best_scored_candidate_from_recorded_noise() -> None:
     c = torch.stack([torch.full((4, 2), v) for v in (0.0, 0.1, 0.2)])
     weak = torch.full((2, 4, 2), 0.25)
     assert bid_scores(c, None, 0.5, weak, k=1).argmin().item() == 0
+
+
+def test_bid_with_a_weak_policy_runs_end_to_end() -> None:
+    """Forward contrast through realtime_chunk: weak samples drawn, a candidate chosen, the delay's prefix exact."""
+    p = fitted_tiny_policy(type="flow", sampler="euler", steps=5)
+    torch.manual_seed(1)
+    weak = fitted_tiny_policy(type="flow", sampler="euler", steps=2)
+    prev = _plan(p, 5)
+    out = realtime_chunk(p, _obs(p), prev, 2, RealtimeSettings(mode="bid", bid_samples=4, bid_k=2),
+                         torch.Generator().manual_seed(0), weak=weak)
+    assert out.shape == (1, p.cfg.horizon, p.shape.action_dim) and np.array_equal(out[0, :2].numpy(), prev[:2])

@@ -177,7 +177,8 @@ def deploy(cfg: DeployConfig) -> dict[str, Any]:
             jumps += rep.boundary_jumps
             step_changes += rep.boundary_step_changes
             if recorder is not None:
-                recorder.add(rep.frames, {k: ep[k] for k in ("episode", "seed", "success", "steps", "status")})
+                recorder.add(rep.frames, {k: ep[k] for k in ("episode", "seed", "success", "steps", "status",
+                                                              "execution")})
             bar.set_postfix(success=f"{np.mean([e['success'] for e in episodes]):.2f}")
     lat = list(worker.latencies)
     result = {
