@@ -749,6 +749,9 @@ class ControllerConfig:
         _check(self.blending in EXECUTION_MODES,
                f"controller.blending must be {'|'.join(EXECUTION_MODES)}, got '{self.blending}'")
         _check(0 <= self.blend_s <= 10, f"controller.blend_s must be in [0, 10] seconds, got {self.blend_s}")
+        # rtc/bid align the old plan to the observation's step, which is where latency handling puts the new chunk
+        _check(self.latency_handling or self.blending not in ("rtc", "bid"),
+               f"controller.blending={self.blending} needs controller.latency_handling=true")
         _check(self.blend_steps >= 1 and self.hold_after >= 1 and self.stop_after_s > 0,
                "controller.blend_steps and hold_after must be >= 1 and stop_after_s > 0")
 

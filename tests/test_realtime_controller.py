@@ -151,6 +151,8 @@ def test_mean_jerk_and_execution_config() -> None:
         DeployConfig(execution="bid", inference="process", bid=BIDConfig(weak_ckpt="w"))
     with pytest.raises(ConfigError, match="blend_s"):
         ControllerConfig(blend_s=-1.0)
+    with pytest.raises(ConfigError, match="latency_handling"):
+        ControllerConfig(blending="rtc", latency_handling=False)
 
 
 def test_deploy_records_the_execution_mode_and_settings(tmp_path) -> None:
