@@ -10,9 +10,10 @@ body) is a real-clock property and is measured by benchmarks/controller.py, not 
 chunks that arrived after the plan in force ran out (the robot had to bridge or hold: inference overran the plan).
 
 Policies: BC flow (Euler 10, H=16, Ta=8, residual MLP) trained here from this toolkit's scripted demonstrations
-(Meta-World: 50 demos, 2000 steps, as benchmarks/bc_metaworld.py). PushT has no scripted expert: pass a state-based
-replay buffer converted from a LeRobot PushT dataset with --pusht-data (`genpolicy data convert`), or its checkpoint
-with --ckpt pusht/pusht=<dir>; without either, PushT rows are skipped and the report says so.
+(Meta-World: 50 demos, 2000 steps, as benchmarks/bc_metaworld.py). PushT has no scripted expert: pass a replay buffer
+converted from a LeRobot PushT dataset with --pusht-data (`genpolicy data convert`; with images it trains a camera
+policy with the small conv encoder -- this path is untested here, no PushT data on this machine), or a checkpoint with
+--ckpt pusht/pusht=<dir>; without either, PushT rows are skipped and the report says so.
 
 Episodes use the protocol's test seeds (genpolicy.protocol.SEEDS.test, from 2,000,000), the same for every row.
 Rows are appended atomically to benchmarks/results/realtime.json as they finish and skipped on a rerun (resume).
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
-import math
 import os
 import sys
 import time
@@ -68,17 +68,22 @@ def bc_checkpoint(task: str, work: Path, args: argparse.Namespace) -> Optional[s
     from genpolicy.datasets.collect import generate
     from genpolicy.training.bc import train
 
+    images = False
     if task.startswith("pusht/"):
         if not args.pusht_data:
             return None
+        from genpolicy.datasets.replay_buffer import ReplayBuffer
+
         data = Path(args.pusht_data)
+        # a LeRobot PushT dataset has the agent position as state and the block only in the image: a camera policy
+        images = any(k.startswith("image.") for k in ReplayBuffer.load(data).data)
     else:
         data = work / f"{task.replace('/', '_')}_demos.zarr"
         if not data.exists():
             generate(task, args.demos, seed=0, progress=False).save(data)
     pol = PolicyConfig(type="flow", sampler="euler", steps=10, horizon=args.horizon, n_action_steps=args.n_action_steps,
-                       **(dict(width=128, depth=2) if args.quick else {}))
-    cfg = TrainConfig(task=TaskConfig(name=task), policy=pol, data=DataConfig(path=str(data)),
+                       **(dict(width=128, depth=2) if args.quick else {}), **(dict(image_encoder="conv") if images else {}))
+    cfg = TrainConfig(task=TaskConfig(name=task, images=images), policy=pol, data=DataConfig(path=str(data)),
                       train=OptimConfig(steps=args.train_steps, batch_size=256),
                       eval=EvalConfig(n_episodes=10, n_envs=10, n_videos=0),
                       run=RunConfig(dir=str(work / f"{tag}_bc"), progress=False, log_every=10**9,
@@ -100,7 +105,7 @@ def run_row(task: str, ckpt: str, rate: float, latency_ms: float, mode: str, arg
     runner = LocalPolicy(ckpt, realtime=settings)
     runner._gen.manual_seed(0)  # the same policy noise stream for every row
     clock = FakeClock()
-    robot = SimRobot(task, clock, rate, seed=0)
+    robot = SimRobot(task, clock, rate, seed=0, images=bool(runner.spec.cameras))
     robot.connect()
     f = robot.features
     safety = SafetyFilter.from_config(SafetyConfig(), f.action_low, f.action_high, 1.0 / rate, f.position_dims)
