@@ -55,19 +55,13 @@ LATENCIES = [0.0, 50.0, 100.0, 200.0, 300.0]
 
 
 # --- policies -------------------------------------------------------------------------------------------------------
-def bc_checkpoint(task: str, work: Path, args: argparse.Namespace) -> Optional[str]:
-    """The task's BC flow checkpoint: given, cached, or trained here (None when PushT has no data)."""
+def bc_checkpoint(task: str, work: Path, args: argparse.Namespace) -> Optional[tuple[str, str]]:
+    """The task's BC flow checkpoint and BID's weak reference ("" when none): given, cached, or trained here (None
+    when PushT has no data). The weak policy is the same recipe trained for --bid-weak-frac of the steps (the BID
+    paper's weak model is an early checkpoint of the same run; step checkpoints are rotated away here)."""
     given = dict(kv.split("=", 1) for kv in args.ckpt)
     if task in given:
-        return given[task]
-    tag = f"{task.replace('/', '_')}_h{args.horizon}_ta{args.n_action_steps}"
-    info = work / f"{tag}_bc.json"
-    if info.exists():
-        return json.loads(info.read_text())["ckpt"]
-    from genpolicy.config import DataConfig, EvalConfig, OptimConfig, PolicyConfig, RunConfig, TaskConfig, TrainConfig
-    from genpolicy.datasets.collect import generate
-    from genpolicy.training.bc import train
-
+        return given[task], given.get(f"{task}:weak", "")
     images = False
     if task.startswith("pusht/"):
         if not args.pusht_data:
@@ -78,31 +72,46 @@ def bc_checkpoint(task: str, work: Path, args: argparse.Namespace) -> Optional[s
         # a LeRobot PushT dataset has the agent position as state and the block only in the image: a camera policy
         images = any(k.startswith("image.") for k in ReplayBuffer.load(data).data)
     else:
+        from genpolicy.datasets.collect import generate
+
         data = work / f"{task.replace('/', '_')}_demos.zarr"
         if not data.exists():
             generate(task, args.demos, seed=0, progress=False).save(data)
+    main = _train(task, data, images, args.train_steps, work, args)
+    weak_steps = int(args.train_steps * args.bid_weak_frac)
+    return main, (_train(task, data, images, weak_steps, work, args) if weak_steps > 0 else "")
+
+
+def _train(task: str, data: Path, images: bool, steps: int, work: Path, args: argparse.Namespace) -> str:
+    """One BC flow run (cached by task, H, Ta and steps)."""
+    from genpolicy.config import DataConfig, EvalConfig, OptimConfig, PolicyConfig, RunConfig, TaskConfig, TrainConfig
+    from genpolicy.training.bc import train
+
+    tag = f"{task.replace('/', '_')}_h{args.horizon}_ta{args.n_action_steps}_s{steps}"
+    info = work / f"{tag}_bc.json"
+    if info.exists():
+        return json.loads(info.read_text())["ckpt"]
     pol = PolicyConfig(type="flow", sampler="euler", steps=10, horizon=args.horizon, n_action_steps=args.n_action_steps,
                        **(dict(width=128, depth=2) if args.quick else {}), **(dict(image_encoder="conv") if images else {}))
     cfg = TrainConfig(task=TaskConfig(name=task, images=images), policy=pol, data=DataConfig(path=str(data)),
-                      train=OptimConfig(steps=args.train_steps, batch_size=256),
+                      train=OptimConfig(steps=steps, batch_size=256, warmup_steps=min(500, steps // 10)),
                       eval=EvalConfig(n_episodes=10, n_envs=10, n_videos=0),
-                      run=RunConfig(dir=str(work / f"{tag}_bc"), progress=False, log_every=10**9,
-                                    ckpt_every=10**9))
+                      run=RunConfig(dir=str(work / f"{tag}_bc"), progress=False, log_every=10**9, ckpt_every=10**9))
     t0 = time.time()
     res = train(cfg)
     info.write_text(json.dumps({"ckpt": res["final_checkpoint"], "bc_success_10ep": res["eval"]["success_rate"],
-                                "train_s": round(time.time() - t0, 1), "demos": str(data), "steps": args.train_steps}))
+                                "train_s": round(time.time() - t0, 1), "demos": str(data), "steps": steps}))
     return res["final_checkpoint"]
 
 
 # --- one row ----------------------------------------------------------------------------------------------------------
 def run_row(task: str, ckpt: str, rate: float, latency_ms: float, mode: str, args: argparse.Namespace,
-            frames_cb: Any = None, seeds: Optional[list[int]] = None) -> dict[str, Any]:
+            frames_cb: Any = None, seeds: Optional[list[int]] = None, weak: str = "") -> dict[str, Any]:
     settings = None
     if mode in ("rtc", "bid"):
         settings = RealtimeSettings(mode=mode, beta=args.rtc_beta, schedule=args.rtc_schedule,
                                     bid_samples=args.bid_samples, bid_rho=0.5, bid_k=3)
-    runner = LocalPolicy(ckpt, realtime=settings)
+    runner = LocalPolicy(ckpt, realtime=settings, weak_ckpt=weak if mode == "bid" else "")
     runner._gen.manual_seed(0)  # the same policy noise stream for every row
     clock = FakeClock()
     robot = SimRobot(task, clock, rate, seed=0, images=bool(runner.spec.cameras))
@@ -142,7 +151,7 @@ def run_row(task: str, ckpt: str, rate: float, latency_ms: float, mode: str, arg
             "inference_ms_p99": float(np.percentile(comp, 99)), "overruns": int(overruns),
             "held_ticks": int(held), "steps": int(steps), "variant": variant(mode, args),
             "settings": {"rtc": {"beta": args.rtc_beta, "schedule": args.rtc_schedule},
-                         "bid": {"samples": args.bid_samples, "rho": 0.5, "k": 3}}.get(mode, {}),
+                         "bid": {"samples": args.bid_samples, "rho": 0.5, "k": 3, "weak_ckpt": weak}}.get(mode, {}),
             "checkpoint": ckpt, "seeds": [seeds[0], seeds[-1]], "wall_s": round(time.time() - t0, 1)}
 
 
@@ -151,7 +160,9 @@ def variant(mode: str, args: argparse.Namespace) -> str:
     rows of their own, not overwrites."""
     if mode == "rtc":
         return f"beta{args.rtc_beta:g}_{args.rtc_schedule}"
-    return f"n{args.bid_samples}" if mode == "bid" else ""
+    if mode == "bid":
+        return f"n{args.bid_samples}" + (f"_weak{args.bid_weak_frac:g}" if args.bid_weak_frac > 0 else "")
+    return ""
 
 
 def _key(r: dict) -> tuple:
@@ -189,7 +200,8 @@ def write_report(out: Path, name: str, skipped: list[str], main: dict[str, str])
              "chunk arrives at submit + injected latency + uniform jitter + its measured inference time; one env step "
              f"per control period. RTC ({main.get('rtc')}): guidance cap beta and mask schedule as named, d = the "
              f"largest delay (steps) of the last 10 chunks. BID ({main.get('bid')}): N candidates in one batched call, "
-             "backward coherence rho 0.5 from the first executed action (no weak policy). Targets and the plot use "
+             "backward coherence rho 0.5 from the first executed action, forward contrast (k=3) against N samples of "
+             "the weak policy when named (the same run's early checkpoint). Targets and the plot use "
              "these; other variants are ablation rows. A chunk can only bridge a delay shorter than it: with H steps at "
              "rate f, latencies >= (H - 1) / f (150 ms for H=16 at 100 Hz) leave nothing on time. Blend window 0.133 s at every rate. Jump = for the blend window after a takeover, |(a_t - a_t-1)"
              " - (old_t - old_t-1)|_inf (the jump the switch adds); jerk = mean |third difference of the sent command|_2"
@@ -324,12 +336,15 @@ def main() -> None:
     ap.add_argument("--rtc-beta", type=float, default=10.0, help="guidance cap (about the number of sampling steps)")
     ap.add_argument("--rtc-schedule", default="ones", choices=["exp", "linear", "ones", "zeros"])
     ap.add_argument("--bid-samples", type=int, default=8)
+    ap.add_argument("--bid-weak-frac", type=float, default=0.25,
+                    help="BID's weak policy: the same run's checkpoint at this fraction of the steps (0 = none)")
     ap.add_argument("--horizon", type=int, default=16, help="H of the trained policies")
     ap.add_argument("--n-action-steps", type=int, default=8, help="Ta (also how often a chunk is requested)")
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--demos", type=int, default=50)
     ap.add_argument("--train-steps", type=int, default=2000)
-    ap.add_argument("--ckpt", nargs="*", default=[], help="task=checkpoint_dir (skips training that task)")
+    ap.add_argument("--ckpt", nargs="*", default=[],
+                    help="task=checkpoint_dir (skips training that task); task:weak=dir names BID's weak policy")
     ap.add_argument("--pusht-data", default="", help="a state-based PushT replay buffer (zarr) to train on")
     ap.add_argument("--work", default="runs/bench_realtime")
     ap.add_argument("--out", default=str(OUT))
@@ -355,18 +370,21 @@ def main() -> None:
     done = {_key(r) for r in json.loads(js.read_text())["rows"]} if js.exists() else set()
     skipped, ckpts = [], {}
     for task in args.tasks:
-        ckpt = bc_checkpoint(task, work, args)
-        if ckpt is None:
+        got = bc_checkpoint(task, work, args)
+        if got is None:
             skipped.append(f"{task} (no demonstrations: pass --pusht-data or --ckpt {task}=<dir>)")
             print(f"[realtime] skip {task}: no data", flush=True)
             continue
+        ckpt, weak = got
         ckpts[task] = ckpt
+        if "bid" in args.modes and args.bid_weak_frac > 0 and not weak:
+            sys.exit(f"{task}: a given --ckpt has no weak policy: add --ckpt {task}:weak=<dir> or pass --bid-weak-frac 0")
         for rate in args.rates:
             for lat in args.latencies:
                 for mode in args.modes:
                     if (task, rate, lat, mode, variant(mode, args)) in done:
                         continue
-                    row = run_row(task, ckpt, rate, lat, mode, args)
+                    row = run_row(task, ckpt, rate, lat, mode, args, weak=weak)
                     append_row(js, row, command)
                     print(f"[realtime] {task} {rate:.0f} Hz {lat:.0f} ms {mode:8s} success {row['success_rate']:.2f} "
                           f"jump p95 {row['p95_boundary_jump']:.3f} jerk {row['mean_jerk']:.3g} "
