@@ -203,7 +203,8 @@ def write_report(out: Path, name: str, skipped: list[str], main: dict[str, str])
              "backward coherence rho 0.5 from the first executed action, forward contrast (k=3) against N samples of "
              "the weak policy when named (the same run's early checkpoint). Targets and the plot use "
              "these; other variants are ablation rows. A chunk can only bridge a delay shorter than it: with H steps at "
-             "rate f, latencies >= H / f (160 ms for H=16 at 100 Hz) leave nothing on time. Blend window 0.133 s at every rate. Jump = for the blend window after a takeover, |(a_t - a_t-1)"
+             "rate f, latencies >= H / f (160 ms for H=16 at 100 Hz) leave nothing on time. Blend window 0.133 s at "
+             "every rate. Jump = for the blend window after a takeover, |(a_t - a_t-1)"
              " - (old_t - old_t-1)|_inf (the jump the switch adds); jerk = mean |third difference of the sent command|_2"
              " * rate^3; overruns = chunks that arrived after the plan in force ran out.", ""]
     if skipped:
