@@ -713,16 +713,30 @@ class SafetyConfig:
         _check(0 <= self.margin < 0.5, f"safety.margin must be in [0, 0.5), got {self.margin}")
 
 
+EXECUTION_MODES = ("sync", "latest", "blend", "ensemble", "rtc", "bid")
+
+
 @dataclass
 class ControllerConfig:
     """The fixed-rate control loop (genpolicy/real_robot/controller.py)."""
 
     rate_hz: float = 30.0
-    blending: str = "blend"  # latest (switch at arrival) | blend (cross-fade over blend_steps) | ensemble (ACT weights)
-    blend_steps: int = 4
+    # how a new chunk joins the motion under way (deploy.execution sets it):
+    #   sync     - the robot holds while each chunk is computed, then executes Ta actions of it (no overlap)
+    #   latest   - the newest chunk takes over at arrival (a jump where it does)
+    #   blend    - cross-fade from the older plan over the blend window after a new chunk takes over
+    #   ensemble - ACT's temporal ensembling of every chunk covering the step
+    #   rtc      - real-time chunking: the new chunk is sampled as inpainting of the old plan (frozen prefix of the
+    #              measured delay, guided overlap), then takes over at arrival
+    #   bid      - bidirectional decoding: N candidates, the most coherent with the old plan takes over at arrival
+    blending: str = "blend"
+    blend_s: float = 4 / 30  # the blend window in seconds (rate-aware: the same duration at every rate); 0 = blend_steps
+    blend_steps: int = 4  # the blend window in control steps when blend_s = 0
     ensemble_k: float = 0.01  # ACT temporal-ensembling weight exp(-k * i), i = 0 for the oldest chunk
     latency_handling: bool = True  # drop actions whose time has passed (chunks are stamped with their observation step)
     request_every: int = 0  # ask for a new chunk every this many steps; 0 = the policy's n_action_steps
+    delay_window: int = 10  # rtc/bid: the frozen prefix d is the largest delay (steps) of the last this many chunks
+    delay_margin: int = 0  # rtc/bid: steps added to that estimate (a cushion for jitter)
     hold_after: int = 2  # periods without a valid action before the hold command is sent
     stop_after_s: float = 1.0  # without a valid action this long, the episode ends in the safe state
     max_steps: int = 0  # per episode; 0 = the task's max_episode_steps
@@ -730,12 +744,57 @@ class ControllerConfig:
     def __post_init__(self) -> None:
         _check_types(self, "controller")
         _bounded(self, "controller", blend_steps=(1, 1000), hold_after=(1, 1_000_000), request_every=(0, 1_000_000),
-                 max_steps=(0, 2**62))
+                 max_steps=(0, 2**62), delay_window=(1, 10_000), delay_margin=(0, 10_000))
         _check(0 < self.rate_hz <= 1000, f"controller.rate_hz must be in (0, 1000], got {self.rate_hz}")
-        _check(self.blending in ("latest", "blend", "ensemble"),
-               f"controller.blending must be latest|blend|ensemble, got '{self.blending}'")
+        _check(self.blending in EXECUTION_MODES,
+               f"controller.blending must be {'|'.join(EXECUTION_MODES)}, got '{self.blending}'")
+        _check(0 <= self.blend_s <= 10, f"controller.blend_s must be in [0, 10] seconds, got {self.blend_s}")
+        # rtc/bid align the old plan to the observation's step, which is where latency handling puts the new chunk
+        _check(self.latency_handling or self.blending not in ("rtc", "bid"),
+               f"controller.blending={self.blending} needs controller.latency_handling=true")
         _check(self.blend_steps >= 1 and self.hold_after >= 1 and self.stop_after_s > 0,
                "controller.blend_steps and hold_after must be >= 1 and stop_after_s > 0")
+
+    @property
+    def blend_window(self) -> int:
+        """The blend window in control steps at this rate (>= 1)."""
+        return max(1, round(self.blend_s * self.rate_hz)) if self.blend_s > 0 else self.blend_steps
+
+
+@dataclass
+class RTCConfig:
+    """deploy.execution=rtc: guided inpainting of the old plan (genpolicy/policies/realtime.py)."""
+
+    # cap on the guidance weight (the paper's beta; 0 = hard prefix replacement only). About the number of sampling
+    # steps: the cap binds at the last steps, where (1 - t) * beta is the share of the error corrected in one step
+    # (10 for Euler 10, as LeRobot's default; the paper used 5 with 5 steps)
+    beta: float = 10.0
+    # mask over the overlap after the frozen prefix: exp | linear | ones | zeros. The paper's exp decays from the
+    # seam; with this toolkit's short overlaps (H - Ta = 8 steps) its weight at the seam is 0.2-0.7 and the seam
+    # jump fell only 1.2-2x vs latest on the toy task; ones (full weight over the old plan's remaining steps)
+    # cut it 5-7x at the same success (quick probe, toy/bimodal, 10 episodes) -- to be confirmed by realtime.py
+    schedule: str = "ones"
+
+    def __post_init__(self) -> None:
+        _check_types(self, "rtc")
+        _check(0 <= self.beta <= 1000, f"rtc.beta must be in [0, 1000], got {self.beta}")
+        _check(self.schedule in ("exp", "linear", "ones", "zeros"),
+               f"rtc.schedule must be exp|linear|ones|zeros, got '{self.schedule}'")
+
+
+@dataclass
+class BIDConfig:
+    """deploy.execution=bid: bidirectional decoding (genpolicy/policies/realtime.py)."""
+
+    samples: int = 8  # N candidates per chunk, drawn in one batched sampler call
+    rho: float = 0.5  # backward-coherence weight rho^i over the overlap with the old plan
+    k: int = 3  # forward contrast: mean distance to the k nearest strong / weak samples
+    weak_ckpt: str = ""  # a weaker reference policy (e.g. an early checkpoint) for forward contrast; empty = none
+
+    def __post_init__(self) -> None:
+        _check_types(self, "bid")
+        _bounded(self, "bid", samples=(1, 1024), k=(1, 1024))
+        _check(0 < self.rho <= 1, f"bid.rho must be in (0, 1], got {self.rho}")
 
 
 @dataclass
@@ -816,6 +875,9 @@ class DeployConfig:
     server: str = ""  # inference=remote: host:port of a running `genpolicy serve`
     serve: ServeConfig = field(default_factory=lambda: ServeConfig(port=0))  # client settings (token, codec, deadline)
     inject_latency_ms: float = 0.0  # extra delay before each chunk is handed to the controller (latency studies)
+    execution: str = "blend"  # sync | latest | blend | ensemble | rtc | bid (see ControllerConfig.blending)
+    rtc: RTCConfig = field(default_factory=RTCConfig)
+    bid: BIDConfig = field(default_factory=BIDConfig)
     n_episodes: int = 5
     seed: int = 100_000  # episode seeds seed, seed+1, ... (held out from training seeds)
     record: bool = True  # write every episode to run_dir/dataset (LeRobot v3) after it ends
@@ -826,6 +888,12 @@ class DeployConfig:
         _bounded(self, "", n_episodes=(1, 1_000_000))
         _check(self.inference in ("thread", "process", "remote"),
                f"inference must be thread|process|remote, got '{self.inference}'")
+        _check(self.execution in EXECUTION_MODES, f"execution must be {'|'.join(EXECUTION_MODES)}, got '{self.execution}'")
+        if self.execution == "blend" and self.controller.blending != "blend":
+            self.execution = self.controller.blending  # the older key controller.blending=<mode> still selects it
+        self.controller = dataclasses.replace(self.controller, blending=self.execution)  # one source of truth
+        _check(not (self.execution == "bid" and self.bid.weak_ckpt) or self.inference == "thread",
+               f"bid.weak_ckpt is loaded next to the controller; use inference=thread, got inference={self.inference}")
         if self.inference == "remote":
             parse_address(self.server, "server")
         _check(self.n_episodes >= 1, f"n_episodes must be >= 1, got {self.n_episodes}")

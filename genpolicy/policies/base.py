@@ -171,14 +171,19 @@ class GenerativePolicy(nn.Module):
         return torch.add(data * a, z, alpha=b)
 
     def sample(self, cond: torch.Tensor, noise: Optional[torch.Tensor] = None, step_noise: Optional[torch.Tensor] = None,
-               generator: Optional[torch.Generator] = None, start: int = 0, min_std: float = 0.0) -> torch.Tensor:
+               generator: Optional[torch.Generator] = None, start: int = 0, min_std: float = 0.0,
+               guide: Optional[Any] = None) -> torch.Tensor:
         """Normalised action chunk (B,H,Da) from the chain state `noise` at grid step `start` (default: pure noise).
 
         With grad enabled the result is differentiable; otherwise the fast path runs (cached conditioning, no
         autograd, compiled or CUDA-graph replay when the backend says so) and returns an ordinary tensor.
+        `guide` (realtime.Guide): RTC inpainting of an old plan through the same engine; an inactive guide (nothing
+        frozen, no guidance) takes the plain path, so the result is then exactly the plain sample.
         """
         if noise is None:
             noise = self.initial_noise(cond.shape[0], generator)
+        if guide is not None and guide.active:
+            return self._sample_guided(cond, noise, step_noise, generator, guide)
         if self.cfg.sampler == "adaptive":
             return self._sample_adaptive(cond, noise)
         if step_noise is None:
@@ -192,6 +197,22 @@ class GenerativePolicy(nn.Module):
         with torch.inference_mode():
             x = run(self.grid, self.make_denoiser(cond), noise, step_noise, start=start, min_std=min_std)
         return x.clone()  # an ordinary tensor again, usable in autograd later (e.g. as a stored RL action)
+
+    def _sample_guided(self, cond: torch.Tensor, noise: torch.Tensor, step_noise: Optional[torch.Tensor],
+                       generator: Optional[torch.Generator], guide: Any) -> torch.Tensor:
+        """RTC: the grid sampler with a guided denoiser (one VJP per evaluation), then the frozen prefix replaced."""
+        from genpolicy.policies.realtime import GuidedDenoiser
+
+        if self.cfg.sampler == "adaptive":
+            raise ConfigError("RTC guidance needs a fixed grid; policy.sampler=adaptive has none (use euler)")
+        if step_noise is None:
+            step_noise = draw_step_noise(self.grid, noise, generator)
+        # no_grad, not inference_mode: the guidance VJP records a local graph on x, and inference tensors (the cached
+        # conditioning) could not be saved for it
+        with torch.no_grad():
+            den = GuidedDenoiser(self.make_denoiser(cond), self.grid, guide) if guide.guided else self.make_denoiser(cond)
+            x = run(self.grid, den, noise, step_noise)
+        return guide.replace_prefix(x)
 
     def _sample_adaptive(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         if self.net_ft is not None:

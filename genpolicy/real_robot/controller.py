@@ -3,8 +3,10 @@
 Each tick (RateTimer on a monotonic clock):
   1. read the observation and push it into the To-step history;
   2. take finished chunks from the inference worker and stamp them into the action schedule;
-  3. ask for a new chunk every `request_every` steps (never waiting for it);
-  4. pick this step's action (blended/ensembled). Without a valid one, the last command bridges up to `hold_after`
+  3. ask for a new chunk every `request_every` steps (never waiting for it); rtc/bid send the plan in force for the
+     chunk's steps and the frozen prefix d (the largest measured delay, in steps, of the last `delay_window` chunks);
+     sync asks only when the current chunk is used up and holds until the next one arrives;
+  4. pick this step's action (latest/blended/ensembled). Without a valid one, the last command bridges up to `hold_after`
      periods, then the hold command is sent; after `stop_after_s` the episode ends in the safe state;
   5. the safety filter; send; record.
 Shutdown always sends the hold command (try/finally), even when the loop body raised.
@@ -22,7 +24,7 @@ import numpy as np
 
 from genpolicy.config import ControllerConfig
 from genpolicy.real_robot.clock import CadenceReport, Clock, RateTimer
-from genpolicy.real_robot.inference import InferenceResult, PolicySpec
+from genpolicy.real_robot.inference import ChunkRequest, InferenceResult, PolicySpec
 from genpolicy.real_robot.robot import Robot
 from genpolicy.real_robot.safety import STAGES, SafetyFilter
 from genpolicy.real_robot.schedule import ActionSchedule
@@ -33,7 +35,7 @@ class Inference(Protocol):
     errors: int
     latencies: list[float]
 
-    def submit(self, obs_step: int, obs: dict[str, np.ndarray]) -> bool: ...
+    def submit(self, obs_step: int, obs: dict[str, np.ndarray], request: ChunkRequest | None = None) -> bool: ...
 
     def poll(self) -> list[InferenceResult]: ...
 
@@ -59,10 +61,15 @@ class EpisodeReport:
     lateness_ms: list[float] = field(default_factory=list)  # per tick, for pooled jitter statistics
     boundary_jumps: list[float] = field(default_factory=list)
     boundary_step_changes: list[float] = field(default_factory=list)  # raw |a_t - a_{t-1}|_inf at each takeover
+    execution: str = "blend"
+    mean_jerk: float = 0.0  # mean |third difference of the sent command|_2 * rate^3 (action units / s^3)
+    delays: list[int] = field(default_factory=list)  # per chunk: arrival step - observation step
+    frozen: list[int] = field(default_factory=list)  # rtc/bid: the frozen prefix d sent with each request
+    starved_chunks: int = 0  # chunks (after the first) that arrived when the plan in force had already run out
 
     def summary(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k not in ("frames", "cadence", "lateness_ms", "boundary_jumps",
-                                                                  "boundary_step_changes")}
+                                                                  "boundary_step_changes", "delays", "frozen")}
         return d | {"cadence": self.cadence.as_dict()}
 
 
@@ -92,8 +99,15 @@ class Controller:
                     record: bool = True) -> EpisodeReport:
         """Drive the robot until `should_stop()`, `max_steps` ticks, or the safe stop. Always ends with a hold."""
         cfg = self.cfg
+        mode, window = cfg.blending, cfg.blend_window
         timer = RateTimer(cfg.rate_hz, self.clock)
-        sched = ActionSchedule(cfg.blending, cfg.blend_steps, cfg.ensemble_k, cfg.latency_handling)
+        # rtc and bid build the seam into the chunk itself, so the newest chunk simply takes over; sync executes each
+        # chunk from its arrival (the robot held still meanwhile)
+        sched = ActionSchedule(mode if mode in ("latest", "blend", "ensemble") else "latest", window, cfg.ensemble_k,
+                               cfg.latency_handling and mode != "sync")
+        delays: deque = deque(maxlen=cfg.delay_window)
+        all_delays, all_frozen, sent_hist = [], [], []
+        self._starved = 0
         hist: deque = deque(maxlen=self.spec.n_obs_steps)
         frames: dict[str, list] = {k: [] for k in (*self.keys, "action", "policy_action", "held", "clamped",
                                                    "lateness_ms", "t")}
@@ -115,14 +129,19 @@ class Controller:
                     hist.extend([obs] * self.spec.n_obs_steps)
                 else:
                     hist.append(obs)
-                for res in self.inference.poll():
-                    if res.actions is not None:
-                        sched.add(res.actions, res.obs_step, step)
-                        chunks += 1
+                chunks += self._take(sched, step, delays, all_delays)
                 sched.prune(step)
-                if not self.inference.busy and step - last_request >= self.request_every:
-                    if self.inference.submit(step, self._window(hist)):
+                due = sched.remaining(step) == 0 if mode == "sync" else step - last_request >= self.request_every
+                if not self.inference.busy and due:
+                    request = None
+                    if mode in ("rtc", "bid"):
+                        d = max(delays) + cfg.delay_margin if delays else 0
+                        request = ChunkRequest(self._plan(sched, step), d)
+                        all_frozen.append(d)
+                    if self.inference.submit(step, self._window(hist), request):
                         last_request = step
+                        if mode == "sync":  # a result ready at once (zero latency) is used on this very tick
+                            chunks += self._take(sched, step, delays, all_delays)
                 pick = sched.action_at(step)
                 valid = pick is not None and bool(np.all(np.isfinite(pick.action)))
                 now = self.clock.now()
@@ -137,7 +156,7 @@ class Controller:
                         break
                     if pick is not None:
                         proposal = pick.action  # non-finite: the filter replaces it with the hold and counts it
-                    elif last_policy is not None and gap <= cfg.hold_after:
+                    elif last_policy is not None and gap <= cfg.hold_after and mode != "sync":
                         proposal = last_policy  # bridge a short gap with the last policy command
                     else:
                         proposal = None  # the hold command
@@ -149,12 +168,13 @@ class Controller:
                     is_hold, clamped = out.held, out.clamped
                 held += int(is_hold)
                 sent = self.robot.send_action(out.action)
+                sent_hist.append(np.asarray(sent, np.float64))
                 last_policy = None if is_hold else sent
                 owner = pick.chunk if valid else None
                 if prev_sent is not None and owner is not None and prev_owner is not None and owner != prev_owner:
                     outgoing, switch_step = sched.chunk(prev_owner), step
                     raw_jumps.append(float(np.max(np.abs(sent - prev_sent))))
-                if outgoing is not None and prev_sent is not None and step - switch_step < cfg.blend_steps:
+                if outgoing is not None and prev_sent is not None and step - switch_step < window:
                     if outgoing.start < step < outgoing.end:  # the jump in excess of the outgoing plan's own motion
                         plan_step = outgoing.actions[step - outgoing.start] - outgoing.actions[step - 1 - outgoing.start]
                         jumps.append(float(np.max(np.abs((sent - prev_sent) - plan_step))))
@@ -172,7 +192,36 @@ class Controller:
                              chunks=chunks, max_boundary_jump=max(jumps, default=0.0),
                              boundary_jumps=jumps, boundary_step_changes=raw_jumps,
                              clamps={k: self.safety.counts[k] - counts0[k] for k in STAGES}, frames=frames,
-                             lateness_ms=[x * 1e3 for x in timer.lateness])
+                             lateness_ms=[x * 1e3 for x in timer.lateness], execution=mode,
+                             mean_jerk=mean_jerk(sent_hist, cfg.rate_hz), delays=all_delays, frozen=all_frozen,
+                             starved_chunks=self._starved)
+
+    def _take(self, sched: ActionSchedule, step: int, delays: deque, all_delays: list) -> int:
+        """Stamp finished chunks into the schedule; record each one's delay in steps (what rtc's d is estimated
+        from: the steps actually consumed while it was computed, not a wall-clock guess). Returns how many."""
+        n = 0
+        for res in self.inference.poll():
+            if res.actions is None:
+                continue
+            actions = res.actions[: self.request_every] if self.cfg.blending == "sync" else res.actions
+            if all_delays and sched.remaining(step) == 0 and self.cfg.blending != "sync":  # sync waits by design
+                self._starved += 1
+            sched.add(actions, res.obs_step, step)
+            delays.append(step - res.obs_step)
+            all_delays.append(step - res.obs_step)
+            n += 1
+        return n
+
+    def _plan(self, sched: ActionSchedule, step: int) -> np.ndarray:
+        """The plan in force from `step` on, up to one horizon, as the robot will execute it (n, Da); stops at the
+        first step no chunk covers."""
+        out = []
+        for s in range(step, step + self.spec.horizon):
+            a = sched.action_at(s)
+            if a is None:
+                break
+            out.append(a.action)
+        return np.asarray(out, np.float64).reshape(len(out), self.spec.action_dim)
 
     def _record(self, frames: dict[str, list], obs: dict[str, np.ndarray], sent: np.ndarray,
                 proposal: np.ndarray | None, flags: tuple, timer: RateTimer, t: float) -> None:
@@ -193,3 +242,13 @@ class Controller:
             self.robot.send_action(self.safety._safe_hold(self.robot.hold_action()))
         except Exception:  # the robot itself is failing; disconnect (the caller's finally) is all that is left
             pass
+
+
+def mean_jerk(sent: list[np.ndarray], rate_hz: float) -> float:
+    """Mean |a_t - 3 a_(t-1) + 3 a_(t-2) - a_(t-3)|_2 * rate^3 over an episode's sent commands (units per s^3, so
+    rates compare); 0 for fewer than four commands."""
+    if len(sent) < 4:
+        return 0.0
+    a = np.asarray(sent, np.float64)
+    d3 = a[3:] - 3 * a[2:-1] + 3 * a[1:-2] - a[:-3]
+    return float(np.linalg.norm(d3, axis=1).mean() * rate_hz**3)

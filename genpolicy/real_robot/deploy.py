@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from contextlib import ExitStack
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,31 @@ def make_robot(cfg: DeployConfig, task: str, clock: Any) -> tuple[Any, Any]:
     return sim, sim
 
 
+def realtime_settings(cfg: DeployConfig) -> Any:
+    """The policy-side settings of execution=rtc|bid (None for the other modes: plain sampling)."""
+    if cfg.execution not in ("rtc", "bid"):
+        return None
+    from genpolicy.policies.realtime import RealtimeSettings
+
+    return RealtimeSettings(mode=cfg.execution, beta=cfg.rtc.beta, schedule=cfg.rtc.schedule,
+                            bid_samples=cfg.bid.samples, bid_rho=cfg.bid.rho, bid_k=cfg.bid.k)
+
+
+def execution_info(cfg: DeployConfig) -> dict[str, Any]:
+    """The execution mode and the settings that mean something for it (deploy.json and the dataset's metadata)."""
+    c = cfg.controller
+    info: dict[str, Any] = {"mode": cfg.execution, "rate_hz": c.rate_hz, "latency_handling": c.latency_handling,
+                            "request_every": c.request_every}
+    if cfg.execution == "blend":
+        info |= {"blend_s": c.blend_s, "blend_steps": c.blend_window}
+    elif cfg.execution == "ensemble":
+        info |= {"ensemble_k": c.ensemble_k}
+    elif cfg.execution in ("rtc", "bid"):
+        info |= {"delay_window": c.delay_window, "delay_margin": c.delay_margin}
+        info |= asdict(cfg.rtc) if cfg.execution == "rtc" else asdict(cfg.bid)
+    return info
+
+
 def deploy(cfg: DeployConfig) -> dict[str, Any]:
     """Run `cfg.n_episodes` episodes on the robot; write deploy.json (+ the recorded LeRobot dataset) to the run dir."""
     from genpolicy.training.runs import make_run_dir
@@ -106,7 +132,8 @@ def deploy(cfg: DeployConfig) -> dict[str, Any]:
     with ExitStack() as stack:
         # the policy side first: its features are checked against the robot's before connect
         if cfg.inference == "thread":
-            runner: Any = LocalPolicy(cfg.ckpt, use_ema=cfg.use_ema)
+            runner: Any = LocalPolicy(cfg.ckpt, use_ema=cfg.use_ema, realtime=realtime_settings(cfg),
+                                      weak_ckpt=cfg.bid.weak_ckpt if cfg.execution == "bid" else "")
         else:
             if cfg.inference == "process":
                 proc = ServerProcess(cfg.ckpt, cfg.use_ema, cfg.serve.token)
@@ -115,7 +142,7 @@ def deploy(cfg: DeployConfig) -> dict[str, Any]:
             else:
                 host, port = parse_address(cfg.server, "server")
             runner = PolicyClient(host, port, cfg.serve.token, cfg.serve.codec, cfg.serve.deadline_ms / 1e3,
-                                  cfg.serve.max_bytes)
+                                  cfg.serve.max_bytes, realtime=realtime_settings(cfg))
             stack.callback(runner.close)
         spec = runner.spec
         task = cfg.robot.task or spec.task
@@ -134,7 +161,7 @@ def deploy(cfg: DeployConfig) -> dict[str, Any]:
         if cfg.record:
             from genpolicy.real_robot.recorder import EpisodeRecorder
 
-            recorder = EpisodeRecorder(run_dir, cfg.controller.rate_hz, task)
+            recorder = EpisodeRecorder(run_dir, cfg.controller.rate_hz, task, meta={"execution": execution_info(cfg)})
             # a deploy into a run that already recorded episodes continues their numbering and their seeds
             first = recorder.next_episode
         ctl = stack.enter_context(Controller(robot, worker, safety, spec, cfg.controller, clock))  # connects
@@ -150,13 +177,15 @@ def deploy(cfg: DeployConfig) -> dict[str, Any]:
             jumps += rep.boundary_jumps
             step_changes += rep.boundary_step_changes
             if recorder is not None:
-                recorder.add(rep.frames, {k: ep[k] for k in ("episode", "seed", "success", "steps", "status")})
+                recorder.add(rep.frames, {k: ep[k] for k in ("episode", "seed", "success", "steps", "status",
+                                                              "execution")})
             bar.set_postfix(success=f"{np.mean([e['success'] for e in episodes]):.2f}")
     lat = list(worker.latencies)
     result = {
         "success_rate": float(np.mean([e["success"] for e in episodes])), "n_episodes": len(episodes),
         "success_definition": sim.success_definition, "task": task, "robot": cfg.robot.type, "inference": cfg.inference,
-        "rate_hz": cfg.controller.rate_hz, "blending": cfg.controller.blending,
+        "rate_hz": cfg.controller.rate_hz, "blending": cfg.controller.blending, "execution": execution_info(cfg),
+        "mean_jerk": float(np.mean([e["mean_jerk"] for e in episodes])),
         "latency_ms_p50": float(np.percentile(lat, 50) * 1e3) if lat else None,
         "latency_ms_p99": float(np.percentile(lat, 99) * 1e3) if lat else None,
         "overruns": int(sum(e["cadence"]["overruns"] for e in episodes)),

@@ -27,10 +27,13 @@ EXTRA_KEYS = ("policy_action", "policy_valid", "safety.held", "safety.clamped", 
 
 
 class EpisodeRecorder:
-    def __init__(self, out_dir: str | Path, fps: float, task: str) -> None:
+    def __init__(self, out_dir: str | Path, fps: float, task: str, meta: dict[str, Any] | None = None) -> None:
+        """`meta`: how the episodes were produced (e.g. {"execution": {...}}), stored in the journal's attrs and as
+        the dataset's meta/genpolicy.json."""
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.fps, self.task = float(fps), task
+        self.meta = json.loads(json.dumps(meta or {}, default=float))
         self.episodes: list[dict[str, np.ndarray]] = []
         self.infos: list[dict[str, Any]] = []
         journal = self.out / "episodes.zarr"
@@ -87,12 +90,15 @@ class EpisodeRecorder:
         from genpolicy.datasets.lerobot import export_arrays
 
         rb = ReplayBuffer.from_episodes(self.episodes, attrs={"fps": self.fps, "task": self.task, "episodes": self.infos,
-                                                              "source": "genpolicy deploy"})
+                                                              "source": "genpolicy deploy", **self.meta})
         rb.save(self.out / "episodes.zarr")
         tmp = temp_sibling(self.dataset_dir)
         try:
             export_arrays(rb.data, rb.episode_ends, tmp, fps=self.fps, repo_id="local/genpolicy-deploy", task=self.task,
                           extra_keys=EXTRA_KEYS, image_writer_threads=0)
+            (tmp / "meta").mkdir(parents=True, exist_ok=True)
+            (tmp / "meta" / "genpolicy.json").write_text(json.dumps({"source": "genpolicy deploy", "task": self.task,
+                                                                      "fps": self.fps, **self.meta}, indent=2))
             replace_dir(tmp, self.dataset_dir)
         finally:
             if tmp.exists():

@@ -7,8 +7,12 @@ at arrival (what a naive synchronous loop does).
 
 Merging where chunks overlap:
   latest   - the newest chunk wins (a jump where it takes over)
-  blend    - the first `blend_steps` steps after a new chunk takes over cross-fade linearly from the older plan
+  blend    - the first `blend_steps` steps after a new chunk takes over cross-fade linearly from the older plan (the
+             controller passes ControllerConfig.blend_window: a window in seconds, so the same duration at every rate)
   ensemble - ACT's temporal ensembling: every chunk covering the step, weights exp(-k * i), i = 0 for the oldest
+
+The execution modes sync, rtc and bid use `latest` here: sync executes each chunk alone, and rtc / bid build the seam
+into the chunk itself (genpolicy/policies/realtime.py).
 
 Shapes: H = chunk length, Da = action dim.
 """

@@ -2,6 +2,8 @@
 
 Requests (dicts, see wire.py): {"op": "spec"} -> {"ok": true, "spec": {...}};
 {"op": "infer", "obs": {key: array (To, ...)}, "id": n} -> {"ok": true, "id": n, "actions": array (H, Da), "infer_ms"}.
+Real-time execution (execution=rtc|bid) adds "prev": array (n, Da) (the plan in force from the observation's step),
+"frozen": d and "rt": {mode, beta, schedule, bid_samples, bid_rho, bid_k}, validated like the deploy config.
 Every request carries "token" when the server has one. Errors come back as {"ok": false, "error": "..."}; a frame the
 decoder refuses closes that connection. The server binds loopback by default and refuses a non-loopback address
 without a token. Frames are capped in size, each frame must arrive within the deadline once it has started, and one
@@ -21,13 +23,14 @@ import ipaddress
 import socket
 import threading
 import time
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
 from genpolicy.config import ServeConfig
 from genpolicy.errors import GenpolicyError
-from genpolicy.real_robot.inference import PolicyRunner, PolicySpec
+from genpolicy.real_robot.inference import ChunkRequest, PolicyRunner, PolicySpec
 from genpolicy.real_robot.wire import DeadlineExceeded, WireError, read_frame, send_frame
 
 ACCEPT_BACKOFF_MAX_S = 1.0  # longest pause of the accept loop after a failed accept (e.g. out of descriptors)
@@ -212,10 +215,15 @@ class PolicyServer:
                 self.stats["refused_nonfinite"] += 1
                 return {"ok": False, "error": f"observation {', '.join(repr(k) for k in bad)} contains NaN or inf; "
                                               "refused (a policy cannot act on it)"}
+            try:
+                extra = _realtime_request(msg, self.runner.spec)
+            except GenpolicyError as e:
+                self.stats["errors"] += 1
+                return {"ok": False, "error": str(e)}
             t0 = time.perf_counter()
             try:
                 with self._model_lock:
-                    actions = np.asarray(self.runner.infer(obs), np.float32)
+                    actions = np.asarray(self.runner.infer(obs, *extra), np.float32)
             except GenpolicyError as e:
                 self.stats["errors"] += 1
                 return {"ok": False, "error": str(e)}
@@ -229,12 +237,41 @@ class PolicyServer:
         return {"ok": False, "error": f"unknown op {op!r} (spec | infer)"}
 
 
+def _realtime_request(msg: dict, spec: PolicySpec) -> tuple:
+    """() for a plain request, or (ChunkRequest, RealtimeSettings) checked like the deploy config: one-line errors."""
+    if "rt" not in msg:
+        return ()
+    from genpolicy.config import BIDConfig, RTCConfig
+    from genpolicy.policies.realtime import RealtimeSettings
+
+    rt, prev, frozen = msg.get("rt"), msg.get("prev"), msg.get("frozen", 0)
+    if not isinstance(rt, dict) or rt.get("mode") not in ("rtc", "bid"):
+        raise GenpolicyError("'rt' must be a map with mode rtc|bid")
+    if prev is None:
+        prev = np.zeros((0, spec.action_dim), np.float32)
+    if not isinstance(prev, np.ndarray) or prev.ndim != 2 or prev.shape[1] != spec.action_dim \
+            or prev.shape[0] > spec.horizon or prev.dtype.kind != "f" or not np.isfinite(prev).all():
+        raise GenpolicyError(f"'prev' must be finite floats of shape (<= {spec.horizon}, {spec.action_dim})")
+    if not isinstance(frozen, int) or isinstance(frozen, bool) or not 0 <= frozen <= 10_000:
+        raise GenpolicyError("'frozen' must be an integer in [0, 10000]")
+    try:
+        RTCConfig(beta=rt.get("beta", 10.0), schedule=rt.get("schedule", "ones"))
+        BIDConfig(samples=rt.get("bid_samples", 8), rho=rt.get("bid_rho", 0.5), k=rt.get("bid_k", 3))
+        settings = RealtimeSettings(**{k: rt[k] for k in ("mode", "beta", "schedule", "bid_samples", "bid_rho", "bid_k")
+                                       if k in rt})
+    except (GenpolicyError, TypeError) as e:
+        raise GenpolicyError(f"bad real-time settings: {e}") from None
+    return ChunkRequest(prev.astype(np.float64), frozen), settings
+
+
 class PolicyClient:
     """A PolicyRunner over TCP. Every call has a deadline; after a timeout or a broken connection the next call
     reconnects (a late reply can never be mistaken for the answer to a newer request)."""
 
     def __init__(self, host: str, port: int, token: str = "", codec: str = "msgpack", deadline_s: float = 1.0,
-                 max_bytes: int = 64 * 2**20) -> None:
+                 max_bytes: int = 64 * 2**20, realtime: Any = None) -> None:
+        """`realtime` (policies.realtime.RealtimeSettings): sent with every request that carries a ChunkRequest."""
+        self.realtime = realtime
         if not 1 <= int(port) <= 65535:
             raise GenpolicyError(f"policy server {host}:{port}: port must be in 1-65535")
         self.addr = (host, int(port))
@@ -294,9 +331,14 @@ class PolicyClient:
             raise GenpolicyError(f"policy server {self.addr[0]}:{self.addr[1]}: {reply.get('error', 'error')}")
         return reply
 
-    def infer(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+    def infer(self, obs: dict[str, np.ndarray], request: ChunkRequest | None = None) -> np.ndarray:
         self._id += 1
-        reply = self._call({"op": "infer", "obs": obs, "id": self._id})
+        msg: dict[str, Any] = {"op": "infer", "obs": obs, "id": self._id}
+        if request is not None and self.realtime is not None:
+            msg |= {"rt": asdict(self.realtime), "frozen": int(request.frozen)}
+            if len(request.prev):  # an empty plan is left out (zero-size tensors do not travel in every codec)
+                msg["prev"] = np.ascontiguousarray(request.prev, np.float32)
+        reply = self._call(msg)
         actions = reply.get("actions")
         if reply.get("id") != self._id or not isinstance(actions, np.ndarray):
             self.close()

@@ -20,7 +20,7 @@ from genpolicy.real_robot.clock import Clock
 from genpolicy.real_robot.robot import RobotFeatures
 
 # dims that are rates (velocity / delta commands: zero holds still); the others are held at their last value
-_RATE_DIMS = {"metaworld": (0, 1, 2), "robosuite": (0, 1, 2, 3, 4, 5)}
+_RATE_DIMS = {"metaworld": (0, 1, 2), "robosuite": (0, 1, 2, 3, 4, 5), "pusht": ()}  # PushT: absolute targets
 
 
 class SimRobot:
@@ -122,6 +122,8 @@ class SimRobot:
 
     def _reset_state(self, obs: dict[str, np.ndarray]) -> None:
         self._command = np.zeros(self.features.action_dim)
+        if self.task.startswith("pusht/"):  # absolute target commands: holding means staying where the agent is
+            self._command = np.asarray(obs["state"][:2], np.float64).copy()
         self._history: collections.deque = collections.deque(maxlen=64)
         self._t_sim = self.clock.now()
         self._history.append((self._t_sim, obs))
