@@ -804,6 +804,28 @@ def parse_address(addr: str, key: str) -> tuple[str, int]:
 
 
 @dataclass
+class InterventionConfig:
+    """Who may take over during `genpolicy deploy teleop=...` (genpolicy/real_robot/teleop.py). The simulated
+    teleoperator is the task's expert: it takes over by `rule` and hands back after `hold_steps` control ticks."""
+
+    rule: str = "deviation"  # deviation | stall | deviation_or_stall
+    threshold: float = 0.5  # deviation: max |policy - expert| over action dims (robot units)
+    hold_steps: int = 20  # ticks per takeover, including the one that triggered it
+    stall_steps: int = 20  # stall: window of policy ticks over which the task's progress (shaped reward) must rise
+    stall_tol: float = 1e-3  # ... by more than this
+    expert_path: str = ""  # SAC expert directory for gym/dmc tasks; empty = data/experts/<task>
+    lerobot_type: str = ""  # teleop=lerobot: the LeRobot teleoperator config type (so101_leader, gamepad, ...)
+    lerobot_port: str = ""  # teleop=lerobot: its port, when it has one
+
+    def __post_init__(self) -> None:
+        _check_types(self, "intervention")
+        _bounded(self, "intervention", hold_steps=(1, 1_000_000), stall_steps=(1, 1_000_000))
+        _check(self.rule in ("deviation", "stall", "deviation_or_stall"),
+               f"intervention.rule must be deviation|stall|deviation_or_stall, got '{self.rule}'")
+        _check(self.threshold >= 0, f"intervention.threshold must be >= 0, got {self.threshold}")
+
+
+@dataclass
 class DeployConfig:
     """`genpolicy deploy ckpt=... robot=sim`: run episodes end to end, record them as a LeRobot v3 dataset."""
 
@@ -820,6 +842,8 @@ class DeployConfig:
     seed: int = 100_000  # episode seeds seed, seed+1, ... (held out from training seeds)
     record: bool = True  # write every episode to run_dir/dataset (LeRobot v3) after it ends
     run: RunConfig = field(default_factory=RunConfig)
+    teleop: str = "none"  # none | sim (the task's expert, by intervention.rule) | lerobot_sim | lerobot (needs lerobot)
+    intervention: InterventionConfig = field(default_factory=InterventionConfig)
 
     def __post_init__(self) -> None:
         _check_types(self, "")
@@ -829,3 +853,7 @@ class DeployConfig:
         if self.inference == "remote":
             parse_address(self.server, "server")
         _check(self.n_episodes >= 1, f"n_episodes must be >= 1, got {self.n_episodes}")
+        _check(self.teleop in ("none", "sim", "lerobot_sim", "lerobot"),
+               f"teleop must be none|sim|lerobot_sim|lerobot, got '{self.teleop}'")
+        _check(self.teleop != "lerobot" or bool(self.intervention.lerobot_type),
+               "teleop=lerobot needs intervention.lerobot_type=<LeRobot teleoperator type, e.g. so101_leader>")

@@ -8,7 +8,10 @@ of state frames); recording for hours would want LeRobot's incremental writer wi
 
 Columns: observation.state, observation.images.<cam>, action (the command actually sent, after the safety filter),
 plus policy_action (the policy's proposal; 0 where none), policy_valid, safety.held, safety.clamped (one flag per
-filter stage: nonfinite, position, delta, velocity, workspace), timing.lateness_ms and timing.t (s since start).
+filter stage: nonfinite, position, delta, velocity, workspace), timing.lateness_ms and timing.t (s since start),
+intervention (1 on ticks where the teleoperator had control) and source (who commanded the frame: 0 policy,
+1 teleop: LeRobot v3 extra features are numeric, so the codes are named in teleop.SOURCE_NAMES and in the attrs
+`source_codes` of episodes.zarr). Every frame of a deployment without a teleoperator is intervention 0, source 0.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import numpy as np
 
 from genpolicy.datasets.replay_buffer import ReplayBuffer
 from genpolicy.fsutil import replace_dir, temp_sibling
+from genpolicy.real_robot.teleop import SOURCE_NAMES, SOURCE_POLICY, SOURCE_TELEOP
 
-EXTRA_KEYS = ("policy_action", "policy_valid", "safety.held", "safety.clamped", "timing.lateness_ms", "timing.t")
+EXTRA_KEYS = ("policy_action", "policy_valid", "safety.held", "safety.clamped", "timing.lateness_ms", "timing.t",
+              "intervention", "source")
 
 
 class EpisodeRecorder:
@@ -37,6 +42,10 @@ class EpisodeRecorder:
         if journal.exists():  # an interrupted deploy: keep what was recorded, append after it
             rb = ReplayBuffer.load(journal)
             self.episodes = [rb.episode(i) for i in range(rb.n_episodes)]
+            for ep in self.episodes:  # recorded before the teleop columns existed: every frame was the policy's
+                n = len(ep["action"])
+                ep.setdefault("intervention", np.zeros(n, np.float32))
+                ep.setdefault("source", np.full(n, SOURCE_POLICY, np.float32))
             self.infos = list(rb.attrs.get("episodes", []))
 
     @property
@@ -61,6 +70,10 @@ class EpisodeRecorder:
               "safety.clamped": np.asarray(frames["clamped"], np.float32),
               "timing.lateness_ms": np.asarray(frames["lateness_ms"], np.float32),
               "timing.t": np.asarray(frames["t"], np.float32)}
+        n = len(frames["action"])
+        flags = np.asarray(frames.get("intervention") or [0.0] * n, np.float32)
+        ep["intervention"] = flags
+        ep["source"] = np.where(flags > 0, SOURCE_TELEOP, SOURCE_POLICY).astype(np.float32)
         for k, v in frames.items():
             if k.startswith("image."):
                 ep[k] = np.asarray(v, np.uint8)
@@ -87,7 +100,8 @@ class EpisodeRecorder:
         from genpolicy.datasets.lerobot import export_arrays
 
         rb = ReplayBuffer.from_episodes(self.episodes, attrs={"fps": self.fps, "task": self.task, "episodes": self.infos,
-                                                              "source": "genpolicy deploy"})
+                                                              "source": "genpolicy deploy",
+                                                              "source_codes": {str(k): v for k, v in SOURCE_NAMES.items()}})
         rb.save(self.out / "episodes.zarr")
         tmp = temp_sibling(self.dataset_dir)
         try:
