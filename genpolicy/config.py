@@ -247,6 +247,9 @@ class OptimConfig:
     # data-parallel training under torchrun (genpolicy/training/dist.py); ignored in a single process
     dist_backend: str = "auto"  # auto (nccl on CUDA, gloo on the CPU) | gloo | nccl
     dist_timeout_s: float = 1800.0  # bound on every collective; ranks wait at a barrier while rank 0 evaluates
+    # warm start: begin from this checkpoint's weights and normaliser (EMA copy) instead of a fresh initialisation,
+    # e.g. each DAgger round from the previous round's policy; the policy config must match
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         _check_types(self, "train")
