@@ -1,0 +1,155 @@
+"""`genpolicy dagger` on the toy task with tiny budgets: beta=1 is BC on the teacher's own data, aggregation keeps
+every earlier round, hg_dagger stores exactly the intervention segments, and a run killed mid-round resumes at
+that round and ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from genpolicy.config import (DataConfig, EvalConfig, InterventionConfig, OptimConfig, PolicyConfig, RunConfig,
+                              TaskConfig, TrainConfig)
+from genpolicy.dagger import DaggerConfig, aggregate, read_state, run_dagger
+from genpolicy.datasets.replay_buffer import ReplayBuffer
+from genpolicy.errors import ConfigError
+
+
+def _cfg(run_dir: Path, **kw) -> DaggerConfig:
+    base = dict(task=TaskConfig(name="toy/bimodal"),
+                policy=PolicyConfig(type="flow", n_obs_steps=1, horizon=8, n_action_steps=4, width=64, depth=2,
+                                    time_dim=16, shortcut=False, sampler="euler", steps=3),
+                train=OptimConfig(steps=40, batch_size=32, lr=1e-3, warmup_steps=5),
+                eval=EvalConfig(n_episodes=1, n_envs=1, n_videos=0),
+                run=RunConfig(dir=str(run_dir), log_every=1000, ckpt_every=20, progress=False, seed=0),
+                data=DataConfig(seed=7, val_fraction=0.0), rounds=2, init_demos=3, episodes_per_round=2)
+    base.update(kw)
+    return DaggerConfig(**base)
+
+
+def _weights(ckpt: str | Path) -> dict[str, np.ndarray]:
+    return load_file(str(Path(ckpt) / "model.safetensors"))
+
+
+def test_beta_one_is_bc_on_the_teachers_own_data(tmp_path: Path) -> None:
+    from genpolicy.datasets.collect import generate
+    from genpolicy.training.bc import train
+
+    cfg = _cfg(tmp_path / "dagger", beta=1.0, beta_decay=1.0, warm_start=False, rounds=1)
+    res = run_dagger(cfg)
+    # every round's data is the teacher's demonstrations on that round's seeds: demos 7..9, round 1 10..11
+    truth = [generate("toy/bimodal", 3, seed=7, progress=False), generate("toy/bimodal", 2, seed=10, progress=False)]
+    for r, rb in enumerate(truth):
+        got = ReplayBuffer.load(tmp_path / "dagger" / "rounds" / f"{r:03d}" / "data.zarr")
+        np.testing.assert_array_equal(got.episode_ends, rb.episode_ends)
+        for k in ("state", "action"):
+            np.testing.assert_array_equal(got.data[k], rb.data[k])
+    assert res["rounds"][1]["teacher_steps"] == res["rounds"][1]["env_steps"] == truth[1].n_steps
+    # and round 1's policy is exactly BC trained on those demonstrations
+    both = ReplayBuffer.from_episodes([rb.episode(i) for rb in truth for i in range(rb.n_episodes)])
+    both.save(tmp_path / "demos.zarr")
+    bc = train(TrainConfig(task=cfg.task, policy=cfg.policy, data=DataConfig(path=str(tmp_path / "demos.zarr"),
+                                                                             seed=7, val_fraction=0.0),
+                           train=cfg.train, eval=cfg.eval, run=RunConfig(dir=str(tmp_path / "bc"), log_every=1000,
+                                                                        ckpt_every=20, progress=False, seed=0)))
+    a, b = _weights(res["final_checkpoint"]), _weights(bc["final_checkpoint"])
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_aggregation_keeps_every_round_and_hg_dagger_stores_only_interventions(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path / "hg", mode="hg_dagger", intervention=InterventionConfig(threshold=0.6, hold_steps=6))
+    res = run_dagger(cfg)
+    rows = res["rounds"]
+    run = tmp_path / "hg"
+    sizes = []
+    for r in range(cfg.rounds + 1):
+        rdir = run / "rounds" / f"{r:03d}"
+        agg = ReplayBuffer.load(rdir / "aggregate.zarr")
+        parts = [ReplayBuffer.load(run / "rounds" / f"{q:03d}" / "data.zarr") for q in range(r + 1)
+                 if (run / "rounds" / f"{q:03d}" / "data.zarr").exists()]
+        # the aggregate of round r is rounds 0..r, in order, nothing dropped
+        for k in ("state", "action"):
+            np.testing.assert_array_equal(agg.data[k], np.concatenate([p.data[k] for p in parts]))
+        assert agg.n_episodes == sum(p.n_episodes for p in parts)
+        sizes.append(agg.n_steps)
+        assert rows[r]["labelled_steps"] == agg.n_steps == rows[r]["aggregate_steps"]
+    assert sizes == sorted(sizes) and sizes[-1] > sizes[0]
+    for row in rows[1:]:
+        # hg_dagger labels exactly the takeover ticks, in segments of hold_steps (the last may be cut by the end)
+        assert row["labels"] == row["intervention_steps"] > 0 and row["interventions"] >= 1
+        assert row["interventions"] * 6 >= row["intervention_steps"] > (row["interventions"] - 2) * 6
+        assert 0 < row["intervention_rate"] <= 1
+    data1 = ReplayBuffer.load(run / "rounds" / "001" / "data.zarr")
+    # each contiguous run of takeover ticks is one stored episode (back-to-back takeovers make one run)
+    assert rows[1]["episodes"] <= data1.n_episodes <= rows[1]["interventions"]
+    assert aggregate(run, 1).n_steps == sizes[1]
+
+
+def test_a_run_killed_mid_round_resumes_at_that_round_and_matches(tmp_path: Path, monkeypatch) -> None:
+    import genpolicy.dagger as dg
+    import genpolicy.training.bc as bc
+
+    cfg = _cfg(tmp_path / "full", mode="dagger", beta=0.5, beta_decay=0.5)
+    full = run_dagger(cfg)
+
+    real_train, real_rollout, real_batch = bc.train, dg.rollout_round, bc.step_batch
+    calls: dict[str, list[int]] = {"train": [], "rollout": []}
+    killed = []
+
+    def train(tc):
+        calls["train"].append(int(Path(tc.run.dir).parent.name))
+        return real_train(tc)
+
+    def step_batch(train_set, tc, step, *a, **k):
+        # SIGINT during round 2's training, at step 25 (after its checkpoint at 20): the loop finishes the step,
+        # saves, and raises KeyboardInterrupt, as Ctrl-C or a SIGTERM from a scheduler would
+        if calls["train"][-1] == 2 and step == 25 and not killed:
+            killed.append(step)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_batch(train_set, tc, step, *a, **k)
+
+    def rollout(c, policy, r, *a, **k):
+        calls["rollout"].append(r)
+        return real_rollout(c, policy, r, *a, **k)
+
+    monkeypatch.setattr(bc, "train", train)
+    monkeypatch.setattr(bc, "step_batch", step_batch)
+    monkeypatch.setattr(dg, "rollout_round", rollout)
+    cut = _cfg(tmp_path / "cut", mode="dagger", beta=0.5, beta_decay=0.5)
+    with pytest.raises(KeyboardInterrupt):
+        run_dagger(cut)
+    assert killed == [25] and calls["rollout"] == [0, 1, 2]
+    assert [r["round"] for r in read_state(tmp_path / "cut")["rounds"]] == [0, 1]
+    with pytest.raises(ConfigError, match="run.resume=true"):
+        run_dagger(cut)
+    calls["train"], calls["rollout"] = [], []
+    resumed = run_dagger(dataclasses.replace(cut, run=dataclasses.replace(cut.run, resume=True)))
+    # round 2 continues: its data was complete before the kill, so nothing is rolled out again, and rounds 0-1
+    # are neither collected nor trained again
+    assert calls["rollout"] == [] and calls["train"] == [2]
+    # and it ends where the uninterrupted run ends: the same rows and the same final weights
+    want = [{k: v for k, v in r.items() if k not in ("checkpoint",)} for r in full["rounds"]]
+    got = [{k: v for k, v in r.items() if k not in ("checkpoint",)} for r in resumed["rounds"]]
+    assert got == want
+    a, b = _weights(full["final_checkpoint"]), _weights(resumed["final_checkpoint"])
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    with pytest.raises(ConfigError, match="changed: mode"):
+        run_dagger(dataclasses.replace(cut, mode="hg_dagger", run=dataclasses.replace(cut.run, resume=True)))
+
+
+def test_config_is_validated_on_construction(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="mode must be dagger\\|hg_dagger"):
+        _cfg(tmp_path, mode="dagr")
+    with pytest.raises(ConfigError, match="beta must be in"):
+        _cfg(tmp_path, beta=1.5)
+    with pytest.raises(ConfigError, match="demonstration range"):
+        _cfg(tmp_path, data=DataConfig(seed=99_999))
+    assert _cfg(tmp_path, beta=0.8, beta_decay=0.5).beta_at(3) == pytest.approx(0.2)
