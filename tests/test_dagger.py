@@ -87,6 +87,13 @@ def test_aggregation_keeps_every_round_and_hg_dagger_stores_only_interventions(t
         assert row["interventions"] * 6 >= row["intervention_steps"] > (row["interventions"] - 2) * 6
         assert 0 < row["intervention_rate"] <= 1
     data1 = ReplayBuffer.load(run / "rounds" / "001" / "data.zarr")
+    # every stored episode is one contiguous stretch the teacher drove: its states follow the toy dynamics under
+    # its stored (teacher) actions, s' = s + SPEED * a (the expert keeps off the obstacle, the walls are far)
+    from genpolicy.envs.toy import SPEED
+
+    for i in range(data1.n_episodes):
+        ep = data1.episode(i)
+        np.testing.assert_allclose(ep["state"][1:], ep["state"][:-1] + SPEED * ep["action"][:-1], atol=1e-5)
     # each contiguous run of takeover ticks is one stored episode (back-to-back takeovers make one run)
     assert rows[1]["episodes"] <= data1.n_episodes <= rows[1]["interventions"]
     assert aggregate(run, 1).n_steps == sizes[1]
@@ -101,10 +108,11 @@ def test_a_run_killed_mid_round_resumes_at_that_round_and_matches(tmp_path: Path
 
     real_train, real_rollout, real_batch = bc.train, dg.rollout_round, bc.step_batch
     calls: dict[str, list[int]] = {"train": [], "rollout": []}
-    killed = []
+    killed, inits = [], []
 
     def train(tc):
         calls["train"].append(int(Path(tc.run.dir).parent.name))
+        inits.append(tc.train.init_from)
         return real_train(tc)
 
     def step_batch(train_set, tc, step, *a, **k):
@@ -126,6 +134,8 @@ def test_a_run_killed_mid_round_resumes_at_that_round_and_matches(tmp_path: Path
     with pytest.raises(KeyboardInterrupt):
         run_dagger(cut)
     assert killed == [25] and calls["rollout"] == [0, 1, 2]
+    rows = read_state(tmp_path / "cut")["rounds"]
+    assert inits == ["", rows[0]["checkpoint"], rows[1]["checkpoint"]]  # each round starts from the one before
     assert [r["round"] for r in read_state(tmp_path / "cut")["rounds"]] == [0, 1]
     with pytest.raises(ConfigError, match="run.resume=true"):
         run_dagger(cut)
@@ -138,11 +148,37 @@ def test_a_run_killed_mid_round_resumes_at_that_round_and_matches(tmp_path: Path
     want = [{k: v for k, v in r.items() if k not in ("checkpoint",)} for r in full["rounds"]]
     got = [{k: v for k, v in r.items() if k not in ("checkpoint",)} for r in resumed["rounds"]]
     assert got == want
+    # the beta-mixture: chunk k of episode i is the teacher's when the i-th stream's k-th draw is < beta_r
+    for r in (1, 2):
+        data = ReplayBuffer.load(tmp_path / "full" / "rounds" / f"{r:03d}" / "data.zarr")
+        row, ta, expected = full["rounds"][r], cfg.policy.n_action_steps, 0
+        for i, n in enumerate(data.episode_lengths):
+            mix = np.random.default_rng([cfg.run.seed, r, row["first_seed"] + i])
+            expected += sum(min(ta, n - c) for c in range(0, n, ta) if mix.random() < cfg.beta_at(r))
+        assert row["teacher_steps"] == expected and 0 < expected < row["env_steps"]
     a, b = _weights(full["final_checkpoint"]), _weights(resumed["final_checkpoint"])
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     with pytest.raises(ConfigError, match="changed: mode"):
         run_dagger(dataclasses.replace(cut, mode="hg_dagger", run=dataclasses.replace(cut.run, resume=True)))
+
+
+def test_train_init_from_warm_starts_the_weights(tmp_path: Path) -> None:
+    from genpolicy.training.bc import train
+
+    round0 = run_dagger(_cfg(tmp_path / "d", rounds=0))["final_checkpoint"]  # 40 steps at lr 1e-3: far from init
+    trained = _weights(round0)
+    data = tmp_path / "d" / "rounds" / "000" / "aggregate.zarr"
+    cfg = _cfg(tmp_path / "unused")
+    for init in (round0, ""):
+        # a vanishing learning rate: the run ends where it started
+        tc = TrainConfig(task=cfg.task, policy=cfg.policy, data=DataConfig(path=str(data), val_fraction=0.0),
+                         train=OptimConfig(steps=2, batch_size=8, lr=1e-12, warmup_steps=1, init_from=init),
+                         eval=cfg.eval, run=RunConfig(dir=str(tmp_path / f"bc{bool(init)}"), progress=False))
+        w = _weights(train(tc)["final_checkpoint"])
+        # both copies start from the checkpoint's EMA weights (what a round deploys)
+        same = all(np.allclose(w[k], trained["ema." + k.split(".", 1)[1]], atol=1e-6) for k in w)
+        assert same == bool(init)
 
 
 def test_config_is_validated_on_construction(tmp_path: Path) -> None:
