@@ -156,6 +156,14 @@ def test_a_run_killed_mid_round_resumes_at_that_round_and_matches(tmp_path: Path
             mix = np.random.default_rng([cfg.run.seed, r, row["first_seed"] + i])
             expected += sum(min(ta, n - c) for c in range(0, n, ta) if mix.random() < cfg.beta_at(r))
         assert row["teacher_steps"] == expected and 0 < expected < row["env_steps"]
+        # every visited state, student-driven or not, carries the teacher's action there (replayed in order)
+        from genpolicy.envs.registry import make_expert
+
+        teacher, labels = make_expert("toy/bimodal", seed=row["first_seed"]), []
+        for i in range(data.n_episodes):
+            teacher.reset()
+            labels += [teacher.act(None, {"state": s}) for s in data.episode(i)["state"]]
+        np.testing.assert_array_equal(np.asarray(labels), data.data["action"])
     a, b = _weights(full["final_checkpoint"]), _weights(resumed["final_checkpoint"])
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
