@@ -480,9 +480,16 @@ class OffPolicyConfig:
     critic_width: int = 256
     critic_depth: int = 2
     init_temperature: float = 0.1
+    # deployment corrections as offline data (finetune/interventions.py): recorded `genpolicy deploy teleop=...`
+    # runs or dagger stores, comma-separated; rlif=true keeps every frame and puts -rlif_penalty on the takeover chunk
+    interventions: str = ""
+    rlif: bool = False
+    rlif_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         _check_types(self, "offpolicy")
+        _check(self.rlif_penalty >= 0, f"offpolicy.rlif_penalty must be >= 0, got {self.rlif_penalty}")
+        _check(not self.rlif or bool(self.interventions), "offpolicy.rlif=true needs offpolicy.interventions=<recording>")
         _bounded(self, "offpolicy", n_envs=(1, 4096), env_steps=(1, 2**62), chunk_steps_per_iter=(1, 1_000_000),
                  batch_size=(1, 2**20), capacity=(1, 100_000_000), warmup_env_steps=(0, 2**62),
                  critic_width=(1, 16384), critic_depth=(1, 64))
