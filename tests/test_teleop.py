@@ -219,3 +219,27 @@ def test_intervention_and_source_survive_the_lerobot_v3_round_trip(tmp_path: Pat
     # a recorder reopened on the run keeps the columns (resumed deploys append after them)
     again = EpisodeRecorder(tmp_path / "run", RATE, "toy/bimodal")
     np.testing.assert_array_equal(np.concatenate([e["intervention"] for e in again.episodes]), flags)
+
+
+@pytest.mark.parametrize("teleop", ["sim", "lerobot_sim"])
+def test_deploy_with_a_simulated_teleoperator_records_its_frames(tmp_path: Path, teleop: str) -> None:
+    """`genpolicy deploy ... teleop=sim|lerobot_sim` end to end (real clock, fast rate): the expert takes over, the
+    run reports the intervention rate, and the recorded dataset holds the flags of every frame."""
+    from genpolicy.cli import compose
+    from genpolicy.config import DeployConfig
+    from genpolicy.dagger import run_dagger
+    from genpolicy.real_robot.deploy import deploy
+    from genpolicy.real_robot.recorder import EpisodeRecorder
+    from tests.test_dagger import _cfg
+
+    ckpt = run_dagger(_cfg(tmp_path / "bc", rounds=0))["final_checkpoint"]  # a barely trained toy policy
+    cfg = compose("deploy", [f"ckpt={ckpt}", "robot=sim", f"teleop={teleop}", "n_episodes=2", "controller.rate_hz=100",
+                             "controller.max_steps=40", "intervention.threshold=0.3", "intervention.hold_steps=5",
+                             f"run.dir={tmp_path / 'deploy'}", "run.progress=false"], DeployConfig)
+    res = deploy(cfg)
+    steps = [e["intervention_steps"] for e in res["episodes"]]
+    assert res["teleop"] == teleop and sum(steps) > 0 and 0 < res["intervention_rate"] <= 1
+    rec = EpisodeRecorder(tmp_path / "deploy", 100.0, "toy/bimodal")
+    assert [int(e["intervention"].sum()) for e in rec.episodes] == steps
+    np.testing.assert_array_equal(np.concatenate([e["source"] for e in rec.episodes]),
+                                  np.concatenate([e["intervention"] for e in rec.episodes]))
