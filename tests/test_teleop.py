@@ -222,7 +222,7 @@ def test_intervention_and_source_survive_the_lerobot_v3_round_trip(tmp_path: Pat
 
 
 @pytest.mark.parametrize("teleop", ["sim", "lerobot_sim"])
-def test_deploy_with_a_simulated_teleoperator_records_its_frames(tmp_path: Path, teleop: str) -> None:
+def test_deploy_with_a_simulated_teleoperator_records_its_frames(tmp_path: Path, teleop: str, monkeypatch) -> None:
     """`genpolicy deploy ... teleop=sim|lerobot_sim` end to end (real clock, fast rate): the expert takes over, the
     run reports the intervention rate, and the recorded dataset holds the flags of every frame."""
     from genpolicy.cli import compose
@@ -236,7 +236,11 @@ def test_deploy_with_a_simulated_teleoperator_records_its_frames(tmp_path: Path,
     cfg = compose("deploy", [f"ckpt={ckpt}", "robot=sim", f"teleop={teleop}", "n_episodes=2", "controller.rate_hz=100",
                              "controller.max_steps=40", "intervention.threshold=0.3", "intervention.hold_steps=5",
                              f"run.dir={tmp_path / 'deploy'}", "run.progress=false"], DeployConfig)
+    events = []  # lerobot_sim goes through LeRobot's event API: count its calls
+    real_events = SimLeRobotTeleop.get_teleop_events
+    monkeypatch.setattr(SimLeRobotTeleop, "get_teleop_events", lambda self: events.append(1) or real_events(self))
     res = deploy(cfg)
+    assert bool(events) == (teleop == "lerobot_sim")
     steps = [e["intervention_steps"] for e in res["episodes"]]
     assert res["teleop"] == teleop and sum(steps) > 0 and 0 < res["intervention_rate"] <= 1
     rec = EpisodeRecorder(tmp_path / "deploy", 100.0, "toy/bimodal")
