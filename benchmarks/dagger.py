@@ -6,7 +6,7 @@ Per task and seed:
   * bc:        BC on the first n of the teacher's demonstrations (nested), n in --bc-demos; labelled steps = the
                demonstrations' steps;
   * dagger:    round 0 = BC on --init-demos demonstrations, then --rounds rounds of --episodes-per-round rollouts,
-               beta-mixture per chunk (--beta, halved every round), every visited state labelled, warm-started
+               beta-mixture per chunk (--beta, times --beta-decay every round), every visited state labelled, warm-started
                retraining on the aggregate;
   * hg_dagger: the same, but the simulated teleoperator (the teacher, deviation rule: --threshold, hands back after
                --hold-steps) takes over and only its segments are labelled. The teacher's rule looks at every student
@@ -283,14 +283,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", nargs="+", default=None)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--bc-demos", nargs="+", type=int, default=[10, 20, 30, 50])
-    p.add_argument("--init-demos", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--episodes-per-round", type=int, default=5)
+    # Meta-World's expert episodes end at success after ~50 steps, so BC on 50 demos has ~2500 labels and the 1/3
+    # target leaves ~850: the corrections start from 5 demos (~250 labels, BC 0.1-0.3 here) and roll out a few
+    # episodes per round (a failing student episode runs 500 steps, all labelled by DAgger)
+    p.add_argument("--bc-demos", nargs="+", type=int, default=[5, 10, 20, 30, 50])
+    p.add_argument("--init-demos", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--episodes-per-round", type=int, default=3)
     p.add_argument("--beta", type=float, default=0.5)
     p.add_argument("--beta-decay", type=float, default=0.5)
     p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--hold-steps", type=int, default=20)
+    p.add_argument("--hold-steps", type=int, default=15)
     p.add_argument("--bc-steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--ckpt-every", type=int, default=500)
