@@ -69,14 +69,19 @@ def done(js: Path, key: tuple) -> bool:
 
 
 def append(js: Path, row: dict, command: str) -> None:
-    """One process writes a results file at a time (rows are appended after each cell): atomic replace."""
-    data = load(js)
-    if any(tuple(r[k] for k in KEY) == tuple(row[k] for k in KEY) for r in data["rows"]):
-        return
-    data["rows"].append(row)
-    data["meta"] = _meta(data.get("meta", {}), command)
+    """Add a row unless its key is there: under a file lock (workers on other seeds share the file), written to a
+    temporary file and renamed, so an interrupted write leaves the previous file whole."""
+    import fcntl
+
     js.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(js, json.dumps(data, indent=2, default=float))
+    with open(js.with_name(js.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = load(js)
+        if any(tuple(r[k] for k in KEY) == tuple(row[k] for k in KEY) for r in data["rows"]):
+            return
+        data["rows"].append(row)
+        data["meta"] = _meta(data.get("meta", {}), command)
+        _write_atomic(js, json.dumps(data, indent=2, default=float))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
