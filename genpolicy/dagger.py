@@ -279,6 +279,10 @@ def run_dagger(cfg: DaggerConfig, after_round: Callable[[int, dict[str, Any]], N
     from genpolicy.training.checkpoint import load_policy
     from genpolicy.training.runs import make_run_dir
 
+    from genpolicy.envs.registry import make_expert
+
+    # a task without a teacher is refused before the run directory exists
+    make_expert(cfg.task.name, seed=cfg.data.seed, expert_path=cfg.expert_path)
     run_dir = make_run_dir(cfg.run, f"dagger-{cfg.task.name}-{cfg.mode}")
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=str(run_dir)))
     state = read_state(run_dir)

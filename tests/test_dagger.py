@@ -197,3 +197,9 @@ def test_config_is_validated_on_construction(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="demonstration range"):
         _cfg(tmp_path, data=DataConfig(seed=99_999))
     assert _cfg(tmp_path, beta=0.8, beta_decay=0.5).beta_at(3) == pytest.approx(0.2)
+    # a task without a teacher is refused before the run directory exists
+    from genpolicy.errors import GenpolicyError
+
+    with pytest.raises(GenpolicyError, match="no trained expert"):
+        run_dagger(_cfg(tmp_path / "hopper", task=TaskConfig(name="gym/hopper-v5"), expert_path=str(tmp_path / "no")))
+    assert not (tmp_path / "hopper").exists()
