@@ -189,11 +189,14 @@ def rollout_round(cfg: DaggerConfig, policy: Any | None, r: int, first_seed: int
             if student is not None:
                 student.observe(obs)
             if gate is not None:  # hg_dagger: the student proposes; the gate decides who acts
-                proposal = student.action()
+                proposal = None
+                if not gate.in_takeover:  # mid-takeover the proposal is not looked at: no inference
+                    if was_on:
+                        student.replan()  # after a hand-back it plans afresh from where the teacher left it
+                    proposal = student.action()
                 on = gate.is_intervening(obs, proposal)
                 label = gate.get_action(obs) if on else None
                 if on:
-                    student.replan()  # after the hand-back it plans afresh from where the teacher left it
                     for k, v in obs.items():
                         frames[k].append(v)
                     frames["action"].append(np.asarray(label, np.float32))

@@ -104,6 +104,11 @@ class SimTeleop:
         self._expert_action: np.ndarray | None = None
         self.last_trigger = ""  # which rule fired the latest takeover (deviation | stall)
 
+    @property
+    def in_takeover(self) -> bool:
+        """The next `is_intervening` call continues a takeover (callers may skip computing a policy proposal)."""
+        return self._left > 0
+
     def is_intervening(self, obs: dict[str, np.ndarray], policy_action: np.ndarray | None) -> bool:
         # the expert is asked every tick: it must see every state (scripted experts keep per-episode counters)
         self._expert_action = np.asarray(self.expert.act(self.env, obs), np.float64).reshape(-1)
