@@ -203,3 +203,35 @@ def test_config_is_validated_on_construction(tmp_path: Path) -> None:
     with pytest.raises(GenpolicyError, match="no trained expert"):
         run_dagger(_cfg(tmp_path / "hopper", task=TaskConfig(name="gym/hopper-v5"), expert_path=str(tmp_path / "no")))
     assert not (tmp_path / "hopper").exists()
+
+
+def test_hg_rollout_replans_at_every_hand_back_and_skips_inference_mid_takeover(tmp_path: Path) -> None:
+    from genpolicy.dagger import rollout_round
+    import torch
+
+    from genpolicy.envs.toy import SPEED
+
+    class Up:
+        """A student that always heads straight up, logging the state it planned from."""
+
+        cfg = PolicyConfig(n_obs_steps=1, horizon=8, n_action_steps=4)
+
+        def __init__(self) -> None:
+            self.planned = []
+
+        def predict_chunk(self, window, generator=None):
+            self.planned.append(window["state"][0, -1].numpy().copy())
+            return torch.tensor([[0.0, 1.0]] * 8)[None]
+
+    cfg = _cfg(tmp_path, mode="hg_dagger", intervention=InterventionConfig(threshold=1.0, hold_steps=7))
+    student = Up()
+    rb, stats = rollout_round(cfg, student, 1, 7, 1, progress=False)
+    assert rb.n_episodes >= 2  # several takeovers, separated by student stretches
+    planned = np.asarray(student.planned)
+    for i in range(rb.n_episodes - 1):  # the state right after each segment is where the student planned afresh
+        ep = rb.episode(i)
+        after = ep["state"][-1] + SPEED * ep["action"][-1]
+        assert np.min(np.abs(planned - after).max(axis=1)) < 1e-5, i
+    # a chunk per Ta student ticks plus one per hand-back at most: nothing is planned during takeovers
+    student_ticks = stats["env_steps"] - stats["intervention_steps"]
+    assert len(planned) <= -(-student_ticks // 4) + stats["interventions"] + 1
