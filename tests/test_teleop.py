@@ -4,6 +4,7 @@ recorded with intervention and source, and both survive the LeRobot v3 round tri
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +209,8 @@ def test_intervention_and_source_survive_the_lerobot_v3_round_trip(tmp_path: Pat
     col = lambda k: np.asarray(table[k], np.float32).reshape(len(order), -1)[order, 0]  # noqa: E731
     np.testing.assert_array_equal(col("intervention"), flags)
     np.testing.assert_array_equal(col("source"), flags)  # 1 = teleop exactly on intervention frames
+    info = json.loads((rec.dataset_dir / "meta" / "info.json").read_text())["features"]
+    assert info["intervention"]["dtype"] == "bool" and info["source"]["dtype"] == "float32"  # as LeRobot's own
     # and LeRobot's own dataset class loads it, columns included
     from ledataset.datasets.lerobot_dataset import LeRobotDataset
 

@@ -9,7 +9,8 @@ of state frames); recording for hours would want LeRobot's incremental writer wi
 Columns: observation.state, observation.images.<cam>, action (the command actually sent, after the safety filter),
 plus policy_action (the policy's proposal; 0 where none), policy_valid, safety.held, safety.clamped (one flag per
 filter stage: nonfinite, position, delta, velocity, workspace), timing.lateness_ms and timing.t (s since start),
-intervention (1 on ticks where the teleoperator had control) and source (who commanded the frame: 0 policy,
+intervention (bool in the LeRobot dataset, as LeRobot's own recordings: true on ticks where the teleoperator had
+control; float 0/1 in episodes.zarr) and source (who commanded the frame: 0 policy,
 1 teleop: LeRobot v3 extra features are numeric, so the codes are named in teleop.SOURCE_NAMES and in the attrs
 `source_codes` of episodes.zarr). Every frame of a deployment without a teleoperator is intervention 0, source 0.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +107,12 @@ class EpisodeRecorder:
         rb.save(self.out / "episodes.zarr")
         tmp = temp_sibling(self.dataset_dir)
         try:
-            export_arrays(rb.data, rb.episode_ends, tmp, fps=self.fps, repo_id="local/genpolicy-deploy", task=self.task,
-                          extra_keys=EXTRA_KEYS, image_writer_threads=0)
+            data = dict(rb.data)
+            data["intervention"] = np.asarray(data["intervention"]) > 0.5  # a bool feature, as LeRobot's own
+            with warnings.catch_warnings():  # ledataset's stats warn that they histogram bools as uint8
+                warnings.filterwarnings("ignore", message="Converting input from bool")
+                export_arrays(data, rb.episode_ends, tmp, fps=self.fps, repo_id="local/genpolicy-deploy",
+                              task=self.task, extra_keys=EXTRA_KEYS, image_writer_threads=0)
             replace_dir(tmp, self.dataset_dir)
         finally:
             if tmp.exists():
