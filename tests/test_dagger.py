@@ -235,3 +235,18 @@ def test_hg_rollout_replans_at_every_hand_back_and_skips_inference_mid_takeover(
     # a chunk per Ta student ticks plus one per hand-back at most: nothing is planned during takeovers
     student_ticks = stats["env_steps"] - stats["intervention_steps"]
     assert len(planned) <= -(-student_ticks // 4) + stats["interventions"] + 1
+
+
+def test_cli_runs_dagger_and_refuses_bad_values_in_one_line(tmp_path: Path, capsys) -> None:
+    from genpolicy.cli import main
+
+    tiny = ["task=toy/bimodal", "policy=flow", "policy.n_obs_steps=1", "policy.horizon=8", "policy.n_action_steps=4",
+            "policy.width=32", "policy.depth=1", "policy.shortcut=false", "policy.steps=2", "train.steps=5",
+            "train.batch_size=8", "train.warmup_steps=1", "eval.n_episodes=1", "eval.n_envs=1", "rounds=1",
+            "init_demos=1", "episodes_per_round=1", "mode=hg_dagger", f"run.dir={tmp_path / 'r'}", "run.progress=false"]
+    assert main(["dagger", *tiny]) == 0
+    out = capsys.readouterr().out
+    assert "round 1:" in out and "intervention rate" in out and "final checkpoint:" in out
+    assert main(["dagger", *tiny, "mode=dag"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "mode must be dagger|hg_dagger" in err
