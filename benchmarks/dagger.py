@@ -33,7 +33,6 @@ interrupted DAgger run at its first unfinished round.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys

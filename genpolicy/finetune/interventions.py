@@ -20,7 +20,7 @@ Shapes: Ds state dim, Da action dim, To n_obs_steps, H horizon, Ta n_action_step
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -108,7 +108,3 @@ def intervention_transitions(paths: str, n_obs_steps: int, horizon: int, n_actio
     return {"obs": t(obs), "next_obs": t(nxt), "action": normalize(t(act)).clamp(-1.0, 1.0), "reward": t(rew),
             "terminated": t(term)}
 
-
-def describe(batch: dict[str, Any]) -> dict[str, float]:
-    r = batch["reward"]
-    return {"transitions": int(r.numel()), "penalised": int((r < 0).sum()), "terminal": int(batch["terminated"].sum())}
