@@ -4,6 +4,7 @@ rows reaching the fine-tuning batches."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +114,8 @@ def test_intervention_rows_reach_the_finetuning_batches(tmp_path: Path, monkeypa
     op.finetune_offpolicy(cfg)
     rewards = torch.cat(seen)
     assert len(seen) > 0 and bool((rewards == -0.5).any())  # the takeover penalty is learned from
+    if algo == "dsrl":  # the SAC variant mixes no offline data: the corrections are refused, not ignored
+        sac = dataclasses.replace(cfg, dsrl=dataclasses.replace(cfg.dsrl, variant="sac"),
+                                  run=dataclasses.replace(cfg.run, dir=str(tmp_path / "sac")))
+        with pytest.raises(ConfigError, match="offpolicy.interventions needs offline mixing"):
+            op.finetune_offpolicy(sac)

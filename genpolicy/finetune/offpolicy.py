@@ -195,6 +195,9 @@ def finetune_offpolicy(cfg: Any, on_end: Optional[Any] = None) -> dict[str, Any]
     device, task, source, bc = start["device"], start["task"], start["source"], start["bc"]
     oc = cfg.offpolicy
     algo = make_offpolicy_algo(cfg.algo, bc, cfg, device)
+    if oc.interventions and not (algo.uses_offline and oc.offline_ratio > 0):  # never ignore the corrections silently
+        raise ConfigError(f"offpolicy.interventions needs offline mixing: an algorithm that uses offline data (expo, "
+                          f"dsrl.variant=na) and offpolicy.offline_ratio > 0 (got {cfg.algo}, ratio {oc.offline_ratio})")
     policy = algo.policy
     pc = policy.cfg
     venv = make_venv(cfg, task, policy, oc.n_envs, seed=20_000_000 + 1_000_000 * cfg.run.seed)
