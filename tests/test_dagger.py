@@ -99,12 +99,27 @@ def test_aggregation_keeps_every_round_and_hg_dagger_stores_only_interventions(t
     assert aggregate(run, 1).n_steps == sizes[1]
 
 
-def test_a_run_killed_mid_round_resumes_at_that_round_and_matches(tmp_path: Path, monkeypatch) -> None:
+# the run both kill tests must end like: dagger, beta 0.5 halved per round, rounds 0..2 (also as CLI overrides)
+KILL_KW = dict(mode="dagger", beta=0.5, beta_decay=0.5)
+KILL_ARGS = ["task=toy/bimodal", "policy=flow", "policy.n_obs_steps=1", "policy.horizon=8", "policy.n_action_steps=4",
+             "policy.width=64", "policy.depth=2", "policy.time_dim=16", "policy.shortcut=false", "policy.steps=3",
+             "train.steps=40", "train.batch_size=32", "train.lr=1e-3", "train.warmup_steps=5", "eval.n_episodes=1",
+             "eval.n_envs=1", "run.ckpt_every=20", "run.log_every=1000", "run.progress=false", "run.seed=0",
+             "data.seed=7", "data.val_fraction=0.0", "rounds=2", "init_demos=3", "episodes_per_round=2", "mode=dagger",
+             "beta=0.5", "beta_decay=0.5"]
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> tuple[DaggerConfig, dict]:
+    cfg = _cfg(tmp_path_factory.mktemp("full"), **KILL_KW)
+    return cfg, run_dagger(cfg)
+
+
+def test_a_run_killed_mid_round_resumes_at_that_round_and_matches(full_run, tmp_path: Path, monkeypatch) -> None:
     import genpolicy.dagger as dg
     import genpolicy.training.bc as bc
 
-    cfg = _cfg(tmp_path / "full", mode="dagger", beta=0.5, beta_decay=0.5)
-    full = run_dagger(cfg)
+    cfg, full = full_run
 
     real_train, real_rollout, real_batch = bc.train, dg.rollout_round, bc.step_batch
     calls: dict[str, list[int]] = {"train": [], "rollout": []}
@@ -130,7 +145,7 @@ def test_a_run_killed_mid_round_resumes_at_that_round_and_matches(tmp_path: Path
     monkeypatch.setattr(bc, "train", train)
     monkeypatch.setattr(bc, "step_batch", step_batch)
     monkeypatch.setattr(dg, "rollout_round", rollout)
-    cut = _cfg(tmp_path / "cut", mode="dagger", beta=0.5, beta_decay=0.5)
+    cut = _cfg(tmp_path / "cut", **KILL_KW)
     with pytest.raises(KeyboardInterrupt):
         run_dagger(cut)
     assert killed == [25] and calls["rollout"] == [0, 1, 2]
@@ -150,7 +165,7 @@ def test_a_run_killed_mid_round_resumes_at_that_round_and_matches(tmp_path: Path
     assert got == want
     # the beta-mixture: chunk k of episode i is the teacher's when the i-th stream's k-th draw is < beta_r
     for r in (1, 2):
-        data = ReplayBuffer.load(tmp_path / "full" / "rounds" / f"{r:03d}" / "data.zarr")
+        data = ReplayBuffer.load(Path(cfg.run.dir) / "rounds" / f"{r:03d}" / "data.zarr")
         row, ta, expected = full["rounds"][r], cfg.policy.n_action_steps, 0
         for i, n in enumerate(data.episode_lengths):
             mix = np.random.default_rng([cfg.run.seed, r, row["first_seed"] + i])
@@ -250,3 +265,34 @@ def test_cli_runs_dagger_and_refuses_bad_values_in_one_line(tmp_path: Path, caps
     assert main(["dagger", *tiny, "mode=dag"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "mode must be dagger|hg_dagger" in err
+
+
+def test_sigkill_mid_round_then_resume_ends_like_an_uninterrupted_run(full_run, tmp_path: Path) -> None:
+    """A real kill -9 of `genpolicy dagger` once round 1's training has written a checkpoint (nothing runs after it:
+    no handler, no save), then `run.resume=true`: rounds 0..2 end with the weights of an uninterrupted run."""
+    import subprocess
+    import sys
+    import time
+
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "genpolicy.cli", "dagger", *KILL_ARGS, f"run.dir={cut}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = cut / "rounds" / "001" / "train" / "checkpoints"
+    t0 = time.time()
+    try:
+        while not (ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir())):
+            assert proc.poll() is None and time.time() - t0 < 120, "the run ended before it could be killed"
+            time.sleep(0.02)
+    finally:
+        proc.kill()  # SIGKILL
+        proc.wait()
+    assert [r["round"] for r in read_state(cut)["rounds"]] == [0]  # round 1 was in progress
+    from genpolicy.cli import main
+
+    assert main(["dagger", *KILL_ARGS, f"run.dir={cut}", "run.resume=true"]) == 0
+    a, b = read_state(cut)["rounds"], full_run[1]["rounds"]
+    assert [r["labelled_steps"] for r in a] == [r["labelled_steps"] for r in b]
+    wa, wb = _weights(a[-1]["checkpoint"]), _weights(b[-1]["checkpoint"])
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
