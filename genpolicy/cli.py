@@ -327,6 +327,9 @@ def cmd_deploy(args: list[str]) -> int:
     lat = "-" if res["latency_ms_p50"] is None else f"{res['latency_ms_p50']:.1f}"
     print(f"inference latency p50 {lat} ms, loop jitter p99 {res['jitter_p99_ms']:.2f} ms, overruns {res['overruns']}, safety: "
           + ", ".join(f"{k}={v}" for k, v in c.items()))
+    if res["teleop"] != "none":
+        print(f"teleop={res['teleop']}: intervention rate {res['intervention_rate']:.2f} "
+              f"({sum(e['intervention_steps'] for e in res['episodes'])} teleop steps)")
     if res["dataset"]:
         print(f"recorded: {res['dataset']} (LeRobot v3)")
     return 0
