@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--expert-path", default="", help="SAC expert for gym tasks (default data/experts/<task>)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(OUT))
-    p.add_argument("--work", default="", help="run directories (default <out>/../runs_dagger)")
+    p.add_argument("--work", default="", help="run directories (default runs/bench_dagger; --quick: <out>/runs)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: toy task, tiny budgets, 1 seed (a check of the pipeline, not a result)")
     p.add_argument("--report", action="store_true", help="only rewrite the report from the rows")
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(a.threads)
-        work = Path(a.work) if a.work else out.parent / "runs_dagger"
+        work = Path(a.work) if a.work else (out / "runs" if a.quick else Path("runs") / "bench_dagger")
         work.mkdir(parents=True, exist_ok=True)
         command = "python benchmarks/dagger.py " + " ".join(sys.argv[1:] if argv is None else argv)
         for task in a.tasks:
