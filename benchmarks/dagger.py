@@ -46,6 +46,9 @@ import numpy as np  # noqa: E402
 from genpolicy.protocol import MIN_TEST_EPISODES, _meta, _write_atomic  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
+# BC from 10 demos should be <= 0.6 (the report checks it): learning_bc.md has pick-place 0.64/0.59 and shelf-place
+# 0.65/0.61 at 10 demos (seed 0, zero/random noise), peg-insert-side 0.26 at 5; pick-place-wall-v3 (0.43 at 5) and
+# disassemble-v3 (0.53 at 5) are the next candidates (--tasks)
 MW_TASKS = ["metaworld/pick-place-v3", "metaworld/shelf-place-v3", "metaworld/peg-insert-side-v3"]
 TASKS = MW_TASKS + ["gym/hopper-v5"]
 METHODS = ("bc", "dagger", "hg_dagger")
@@ -230,6 +233,10 @@ def report(js: Path, md: Path) -> None:
                              f"{c['labelled_steps']:.0f} | {c[metric]:.2f} {per} | {rate} | {takeovers} |")
         lines.append("")
         bc = curves["bc"]
+        ten = next((c for c in bc if c["round"] == 10), None)
+        if ten is not None and metric == "test_success":  # the task rule: BC from 10 demos at most 0.6
+            lines.append(f"Task rule: BC on 10 demos {ten[metric]:.2f} -> "
+                         f"**{'qualifies' if ten[metric] <= 0.6 else 'does not qualify'}** (<= 0.6).")
         if bc:
             ref = bc[-1]  # BC on the most demonstrations
             level, budget = ref[metric], ref["labelled_steps"] / 3

@@ -53,3 +53,4 @@ def test_report_targets(tmp_path: Path) -> None:
     assert "test_return" in sections["gym/hopper-v5"] and "**met**" in sections["gym/hopper-v5"]
     assert "| hg_dagger | round 1 | 3 | 400 | 0.60 [0.6, 0.6, 0.6] | 0.50 | 3.0 |" in sections["metaworld/a-v3"]
     assert (tmp_path / "dagger_metaworld_a-v3.png").exists()
+    assert "BC on 10 demos 0.30 -> **qualifies**" in sections["metaworld/a-v3"]
