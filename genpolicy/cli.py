@@ -15,6 +15,8 @@
     genpolicy bench sampler [nets=[mlp] batches=[1] compiled=false out=benchmarks/results]
     genpolicy serve ckpt=runs/<run>/checkpoints/best [serve.port=8765 serve.token=...]
     genpolicy deploy ckpt=runs/<run>/checkpoints/best robot=sim [n_episodes=5 inference=thread|process|remote]
+                     [teleop=sim|lerobot_sim|lerobot intervention.rule=deviation intervention.hold_steps=20]
+    genpolicy dagger task=metaworld/pick-place-v3 mode=dagger|hg_dagger rounds=5 [run.dir=... run.resume=true]
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ def _register() -> None:
     from genpolicy.envs.catalog import EnvsMeasureConfig
 
     cs.store(name="envs_measure_schema", node=EnvsMeasureConfig)
+    from genpolicy.dagger import DaggerConfig
+
+    cs.store(name="dagger_schema", node=DaggerConfig)
     for task in list_tasks():  # `task=<name>` works for every registered task
         suite, name = task.split("/", 1)
         cs.store(group=f"task/{suite}", name=name, node=TaskConfig(name=task), package="task")
@@ -322,13 +327,31 @@ def cmd_deploy(args: list[str]) -> int:
     lat = "-" if res["latency_ms_p50"] is None else f"{res['latency_ms_p50']:.1f}"
     print(f"inference latency p50 {lat} ms, loop jitter p99 {res['jitter_p99_ms']:.2f} ms, overruns {res['overruns']}, safety: "
           + ", ".join(f"{k}={v}" for k, v in c.items()))
+    if res["teleop"] != "none":
+        print(f"teleop={res['teleop']}: intervention rate {res['intervention_rate']:.2f} "
+              f"({sum(e['intervention_steps'] for e in res['episodes'])} teleop steps)")
     if res["dataset"]:
         print(f"recorded: {res['dataset']} (LeRobot v3)")
     return 0
 
 
+def cmd_dagger(args: list[str]) -> int:
+    from genpolicy.dagger import DaggerConfig, run_dagger
+
+    _, overrides = _split_args(args)
+    res = run_dagger(compose("dagger", overrides, DaggerConfig))
+    print(f"run: {res['run_dir']}")
+    for r in res["rounds"]:
+        rate = "" if r["intervention_rate"] is None else f", intervention rate {r['intervention_rate']:.2f}"
+        print(f"round {r['round']}: {r['labelled_steps']} labelled steps, rollout success {r['rollout_success']:.2f}"
+              f"{rate}, eval success {r['eval_success']:.2f}")
+    print(f"final checkpoint: {res['final_checkpoint']}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "envs": cmd_envs, "demo": cmd_demo,
-            "finetune": cmd_finetune, "bench": cmd_bench, "serve": cmd_serve, "deploy": cmd_deploy}
+            "finetune": cmd_finetune, "bench": cmd_bench, "serve": cmd_serve, "deploy": cmd_deploy,
+            "dagger": cmd_dagger}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

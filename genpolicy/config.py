@@ -247,6 +247,9 @@ class OptimConfig:
     # data-parallel training under torchrun (genpolicy/training/dist.py); ignored in a single process
     dist_backend: str = "auto"  # auto (nccl on CUDA, gloo on the CPU) | gloo | nccl
     dist_timeout_s: float = 1800.0  # bound on every collective; ranks wait at a barrier while rank 0 evaluates
+    # warm start: begin from this checkpoint's weights and normaliser (EMA copy) instead of a fresh initialisation,
+    # e.g. each DAgger round from the previous round's policy; the policy config must match
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         _check_types(self, "train")
@@ -477,9 +480,16 @@ class OffPolicyConfig:
     critic_width: int = 256
     critic_depth: int = 2
     init_temperature: float = 0.1
+    # deployment corrections as offline data (finetune/interventions.py): recorded `genpolicy deploy teleop=...`
+    # runs or dagger stores, comma-separated; rlif=true keeps every frame and puts -rlif_penalty on the takeover chunk
+    interventions: str = ""
+    rlif: bool = False
+    rlif_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         _check_types(self, "offpolicy")
+        _check(self.rlif_penalty >= 0, f"offpolicy.rlif_penalty must be >= 0, got {self.rlif_penalty}")
+        _check(not self.rlif or bool(self.interventions), "offpolicy.rlif=true needs offpolicy.interventions=<recording>")
         _bounded(self, "offpolicy", n_envs=(1, 4096), env_steps=(1, 2**62), chunk_steps_per_iter=(1, 1_000_000),
                  batch_size=(1, 2**20), capacity=(1, 100_000_000), warmup_env_steps=(0, 2**62),
                  critic_width=(1, 16384), critic_depth=(1, 64))
@@ -863,6 +873,28 @@ def parse_address(addr: str, key: str) -> tuple[str, int]:
 
 
 @dataclass
+class InterventionConfig:
+    """Who may take over during `genpolicy deploy teleop=...` (genpolicy/real_robot/teleop.py). The simulated
+    teleoperator is the task's expert: it takes over by `rule` and hands back after `hold_steps` control ticks."""
+
+    rule: str = "deviation"  # deviation | stall | deviation_or_stall
+    threshold: float = 0.5  # deviation: max |policy - expert| over action dims (robot units)
+    hold_steps: int = 20  # ticks per takeover, including the one that triggered it
+    stall_steps: int = 20  # stall: window of policy ticks over which the task's progress (shaped reward) must rise
+    stall_tol: float = 1e-3  # ... by more than this
+    expert_path: str = ""  # SAC expert directory for gym/dmc tasks; empty = data/experts/<task>
+    lerobot_type: str = ""  # teleop=lerobot: the LeRobot teleoperator config type (so101_leader, gamepad, ...)
+    lerobot_port: str = ""  # teleop=lerobot: its port, when it has one
+
+    def __post_init__(self) -> None:
+        _check_types(self, "intervention")
+        _bounded(self, "intervention", hold_steps=(1, 1_000_000), stall_steps=(1, 1_000_000))
+        _check(self.rule in ("deviation", "stall", "deviation_or_stall"),
+               f"intervention.rule must be deviation|stall|deviation_or_stall, got '{self.rule}'")
+        _check(self.threshold >= 0, f"intervention.threshold must be >= 0, got {self.threshold}")
+
+
+@dataclass
 class DeployConfig:
     """`genpolicy deploy ckpt=... robot=sim`: run episodes end to end, record them as a LeRobot v3 dataset."""
 
@@ -882,6 +914,8 @@ class DeployConfig:
     seed: int = 100_000  # episode seeds seed, seed+1, ... (held out from training seeds)
     record: bool = True  # write every episode to run_dir/dataset (LeRobot v3) after it ends
     run: RunConfig = field(default_factory=RunConfig)
+    teleop: str = "none"  # none | sim (the task's expert, by intervention.rule) | lerobot_sim | lerobot (needs lerobot)
+    intervention: InterventionConfig = field(default_factory=InterventionConfig)
 
     def __post_init__(self) -> None:
         _check_types(self, "")
@@ -897,3 +931,7 @@ class DeployConfig:
         if self.inference == "remote":
             parse_address(self.server, "server")
         _check(self.n_episodes >= 1, f"n_episodes must be >= 1, got {self.n_episodes}")
+        _check(self.teleop in ("none", "sim", "lerobot_sim", "lerobot"),
+               f"teleop must be none|sim|lerobot_sim|lerobot, got '{self.teleop}'")
+        _check(self.teleop != "lerobot" or bool(self.intervention.lerobot_type),
+               "teleop=lerobot needs intervention.lerobot_type=<LeRobot teleoperator type, e.g. so101_leader>")

@@ -77,7 +77,7 @@ def export_arrays(
 
     Mapping: ``state`` -> ``observation.state``, ``action`` -> ``action``,
     ``image.<cam>`` -> ``observation.images.<cam>``; keys in ``extra_keys`` (numeric (N,) or (N, D)) are stored
-    verbatim as float32 features under their own names.  Other keys are skipped with a warning.
+    verbatim as float32 features (bool arrays: bool features) under their own names.  Other keys are skipped with a warning.
 
     Images are stored with dtype ``"image"`` (PNG bytes embedded in the data parquet) by
     default: PNG is lossless, so ``import_lerobot`` returns the identical uint8 pixels.
@@ -147,8 +147,9 @@ def export_arrays(
             # add_frame validates against the declared (H, W, 3) shape -> give it HWC.
             columns[lkey] = np.ascontiguousarray(arr.transpose(0, 2, 3, 1))
         elif key in extra_keys:
-            col = arr.reshape(n, -1).astype(np.float32)
-            features[key] = {"dtype": "float32", "shape": (col.shape[1],), "names": None}
+            # bool flags stay bool (LeRobot's own intervention feature is bool); anything else is float32
+            col = arr.reshape(n, -1).astype(bool if arr.dtype == bool else np.float32)
+            features[key] = {"dtype": "bool" if arr.dtype == bool else "float32", "shape": (col.shape[1],), "names": None}
             columns[key] = np.ascontiguousarray(col)
         else:
             skipped.append(key)

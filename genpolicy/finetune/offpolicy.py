@@ -195,6 +195,9 @@ def finetune_offpolicy(cfg: Any, on_end: Optional[Any] = None) -> dict[str, Any]
     device, task, source, bc = start["device"], start["task"], start["source"], start["bc"]
     oc = cfg.offpolicy
     algo = make_offpolicy_algo(cfg.algo, bc, cfg, device)
+    if oc.interventions and not (algo.uses_offline and oc.offline_ratio > 0):  # never ignore the corrections silently
+        raise ConfigError(f"offpolicy.interventions needs offline mixing: an algorithm that uses offline data (expo, "
+                          f"dsrl.variant=na) and offpolicy.offline_ratio > 0 (got {cfg.algo}, ratio {oc.offline_ratio})")
     policy = algo.policy
     pc = policy.cfg
     venv = make_venv(cfg, task, policy, oc.n_envs, seed=20_000_000 + 1_000_000 * cfg.run.seed)
@@ -206,15 +209,23 @@ def finetune_offpolicy(cfg: Any, on_end: Optional[Any] = None) -> dict[str, Any]
              "action": (pc.horizon, policy.shape.action_dim), "reward": (), "terminated": (), **algo.extra_specs}
     online = DictReplay(specs, oc.capacity).to(device)
     offline = None
-    if algo.uses_offline and oc.offline_ratio > 0 and oc.offline_data != "none":
-        path = oc.offline_data or source.get("data", {}).get("path", "")
-        if not path or not Path(path).exists():
-            raise DataError(f"offline data '{path}' not found: set offpolicy.offline_data=<zarr> or offpolicy.offline_data=none")
+    if algo.uses_offline and oc.offline_ratio > 0 and (oc.offline_data != "none" or oc.interventions):
         if oc.reward != "success":
             raise ConfigError("demonstrations carry no env rewards: offline mixing needs offpolicy.reward=success "
                               "(or offpolicy.offline_data=none)")
-        demo = demo_transitions(ReplayBuffer.load(path, keys=["action", "state"]), pc.n_obs_steps, pc.horizon,
-                                pc.n_action_steps, policy.normalize_actions)
+        parts = []
+        if oc.offline_data != "none":
+            path = oc.offline_data or source.get("data", {}).get("path", "")
+            if not path or not Path(path).exists():
+                raise DataError(f"offline data '{path}' not found: set offpolicy.offline_data=<zarr> or offpolicy.offline_data=none")
+            parts.append(demo_transitions(ReplayBuffer.load(path, keys=["action", "state"]), pc.n_obs_steps,
+                                          pc.horizon, pc.n_action_steps, policy.normalize_actions))
+        if oc.interventions:  # deployment corrections (and the RLIF takeover penalty) join the demonstrations
+            from genpolicy.finetune.interventions import intervention_transitions
+
+            parts.append(intervention_transitions(oc.interventions, pc.n_obs_steps, pc.horizon, pc.n_action_steps,
+                                                  policy.normalize_actions, oc.rlif, oc.rlif_penalty))
+        demo = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         demo["reward"] = demo["reward"] + oc.reward_offset  # the same reward as online transitions
         offline = DictReplay({k: specs[k] for k in demo}, len(demo["reward"])).to(device)
         offline.add(demo)

@@ -8,7 +8,8 @@ Each tick (RateTimer on a monotonic clock):
      sync asks only when the current chunk is used up and holds until the next one arrives;
   4. pick this step's action (latest/blended/ensembled). Without a valid one, the last command bridges up to `hold_after`
      periods, then the hold command is sent; after `stop_after_s` the episode ends in the safe state;
-  5. the safety filter; send; record.
+  5. with a teleoperator (real_robot/teleop.py): if it intervenes this tick, its command replaces the proposal;
+  6. the safety filter (the same one for policy and teleop commands); send; record (intervention, source).
 Shutdown always sends the hold command (try/finally), even when the loop body raised.
 
 Shapes: To = n_obs_steps, Da = action dim.
@@ -66,6 +67,7 @@ class EpisodeReport:
     delays: list[int] = field(default_factory=list)  # per chunk: arrival step - observation step
     frozen: list[int] = field(default_factory=list)  # rtc/bid: the frozen prefix d sent with each request
     starved_chunks: int = 0  # chunks (after the first) that arrived when the plan in force had already run out
+    intervention_steps: int = 0  # ticks on which a teleoperator had control
 
     def summary(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k not in ("frames", "cadence", "lateness_ms", "boundary_jumps",
@@ -75,8 +77,9 @@ class EpisodeReport:
 
 class Controller:
     def __init__(self, robot: Robot, inference: Inference, safety: SafetyFilter, spec: PolicySpec,
-                 cfg: ControllerConfig, clock: Clock) -> None:
+                 cfg: ControllerConfig, clock: Clock, teleop: Any = None) -> None:
         self.robot, self.inference, self.safety, self.spec, self.cfg, self.clock = robot, inference, safety, spec, cfg, clock
+        self.teleop = teleop  # genpolicy.real_robot.teleop.Teleop or None
         self.request_every = cfg.request_every or spec.n_action_steps
         self.keys = ["state"] + [f"image.{c}" for c in spec.cameras]
 
@@ -84,13 +87,19 @@ class Controller:
         """Connect (if needed); leaving the block sends the hold command and disconnects, whatever happened."""
         if not self.robot.is_connected:
             self.robot.connect()
+        if self.teleop is not None and not self.teleop.is_connected:
+            self.teleop.connect()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         try:
             self._hold_safely()
         finally:
-            self.robot.disconnect()
+            try:
+                self.robot.disconnect()
+            finally:
+                if self.teleop is not None:
+                    self.teleop.disconnect()
 
     def _window(self, hist: deque) -> dict[str, np.ndarray]:
         return {k: np.stack([o[k] for o in hist]) for k in self.keys}  # {key: (To, ...)}
@@ -110,7 +119,9 @@ class Controller:
         self._starved = 0
         hist: deque = deque(maxlen=self.spec.n_obs_steps)
         frames: dict[str, list] = {k: [] for k in (*self.keys, "action", "policy_action", "held", "clamped",
-                                                   "lateness_ms", "t")}
+                                                   "lateness_ms", "t", "intervention")}
+        if self.teleop is not None:
+            self.teleop.reset()
         self.safety.reset()
         self.inference.poll()  # drop results of a previous episode: they must not leak in
         errors0, counts0 = self.inference.errors, dict(self.safety.counts)
@@ -118,7 +129,7 @@ class Controller:
         prev_sent, prev_owner, last_policy = None, None, None
         outgoing, switch_step, jumps, raw_jumps = None, -1, [], []  # the plan being replaced, and when
         t_start = self.clock.now()
-        step = 0
+        step, n_teleop = 0, 0
         try:
             while True:
                 step = timer.wait()
@@ -145,7 +156,14 @@ class Controller:
                 pick = sched.action_at(step)
                 valid = pick is not None and bool(np.all(np.isfinite(pick.action)))
                 now = self.clock.now()
-                if valid:
+                policy_proposal = pick.action if valid else None
+                # the teleoperator decides before the policy's gap handling: while a person drives, a missing policy
+                # action is no reason to bridge, hold or stop
+                teleop_on = self.teleop is not None and bool(self.teleop.is_intervening(obs, policy_proposal))
+                if teleop_on:
+                    invalid_since, gap = None, 0
+                    proposal = np.asarray(self.teleop.get_action(obs), np.float64)
+                elif valid:
                     invalid_since, gap = None, 0
                     proposal = pick.action
                 else:
@@ -167,10 +185,11 @@ class Controller:
                     out = self.safety(proposal, hold, self.robot.present_action())
                     is_hold, clamped = out.held, out.clamped
                 held += int(is_hold)
+                n_teleop += int(teleop_on)
                 sent = self.robot.send_action(out.action)
                 sent_hist.append(np.asarray(sent, np.float64))
-                last_policy = None if is_hold else sent
-                owner = pick.chunk if valid else None
+                last_policy = None if (is_hold or teleop_on) else sent
+                owner = pick.chunk if valid and not teleop_on else None
                 if prev_sent is not None and owner is not None and prev_owner is not None and owner != prev_owner:
                     outgoing, switch_step = sched.chunk(prev_owner), step
                     raw_jumps.append(float(np.max(np.abs(sent - prev_sent))))
@@ -180,8 +199,10 @@ class Controller:
                         jumps.append(float(np.max(np.abs((sent - prev_sent) - plan_step))))
                 prev_sent, prev_owner = sent, (owner if owner is not None else prev_owner)
                 if record:
-                    self._record(frames, obs, sent, None if proposal is None else proposal, (is_hold, clamped), timer,
-                                 now - t_start)
+                    # policy_action is the policy's own proposal, also on teleop ticks (what it would have done)
+                    self._record(frames, obs, sent, proposal if not teleop_on else policy_proposal,
+                                 (is_hold, clamped), timer, now - t_start)
+                    frames["intervention"].append(float(teleop_on))
                 if should_stop():
                     status = "done"
                     break
@@ -190,7 +211,7 @@ class Controller:
         return EpisodeReport(steps=min(step, max_steps), status=status, cadence=timer.report(), held_ticks=held,
                              late_dropped=sched.late_dropped, inference_errors=self.inference.errors - errors0,
                              chunks=chunks, max_boundary_jump=max(jumps, default=0.0),
-                             boundary_jumps=jumps, boundary_step_changes=raw_jumps,
+                             boundary_jumps=jumps, boundary_step_changes=raw_jumps, intervention_steps=n_teleop,
                              clamps={k: self.safety.counts[k] - counts0[k] for k in STAGES}, frames=frames,
                              lateness_ms=[x * 1e3 for x in timer.lateness], execution=mode,
                              mean_jerk=mean_jerk(sent_hist, cfg.rate_hz), delays=all_delays, frozen=all_frozen,

@@ -121,6 +121,26 @@ def execution_info(cfg: DeployConfig) -> dict[str, Any]:
     return info
 
 
+def make_teleop(cfg: DeployConfig, task: str, sim: Any, action_names: list[str]) -> Any:
+    """The teleoperator of `cfg.teleop` (None for teleop=none); the simulated ones are the task's expert."""
+    if cfg.teleop == "none":
+        return None
+    if cfg.teleop == "lerobot":
+        from genpolicy.real_robot.teleop import make_lerobot_teleop
+
+        return make_lerobot_teleop(cfg.intervention.lerobot_type, cfg.intervention.lerobot_port, action_names)
+    from genpolicy.envs.registry import make_expert
+    from genpolicy.real_robot.teleop import LeRobotTeleop, SimLeRobotTeleop, SimTeleop
+
+    iv = cfg.intervention
+    expert = make_expert(task, seed=cfg.seed, expert_path=iv.expert_path)
+    st = SimTeleop(expert, sim.env, iv.rule, iv.threshold, iv.hold_steps, iv.stall_steps, iv.stall_tol,
+                   progress=lambda: sim.last_reward)
+    if cfg.teleop == "sim":
+        return st
+    return LeRobotTeleop(SimLeRobotTeleop(st, sim.features.action_dim), [f"a{i}" for i in range(sim.features.action_dim)])
+
+
 def deploy(cfg: DeployConfig) -> dict[str, Any]:
     """Run `cfg.n_episodes` episodes on the robot; write deploy.json (+ the recorded LeRobot dataset) to the run dir."""
     from genpolicy.training.runs import make_run_dir
@@ -153,6 +173,7 @@ def deploy(cfg: DeployConfig) -> dict[str, Any]:
         check_compatible(spec, robot.features, f"{cfg.robot.type}:{task}")
         safety = SafetyFilter.from_config(cfg.safety, robot.features.action_low, robot.features.action_high,
                                           1.0 / cfg.controller.rate_hz, robot.features.position_dims)
+        teleop = make_teleop(cfg, task, sim, list(robot.features.action_names))
         worker = InferenceWorker(runner, inject_latency_s=cfg.inject_latency_ms / 1e3)
         stack.callback(worker.close)
         # the inputs (checkpoint or server, robot, features) are checked: only now does the run directory exist
@@ -164,7 +185,7 @@ def deploy(cfg: DeployConfig) -> dict[str, Any]:
             recorder = EpisodeRecorder(run_dir, cfg.controller.rate_hz, task, meta={"execution": execution_info(cfg)})
             # a deploy into a run that already recorded episodes continues their numbering and their seeds
             first = recorder.next_episode
-        ctl = stack.enter_context(Controller(robot, worker, safety, spec, cfg.controller, clock))  # connects
+        ctl = stack.enter_context(Controller(robot, worker, safety, spec, cfg.controller, clock, teleop))  # connects
         max_steps = cfg.controller.max_steps or sim.max_episode_steps
         episodes, lateness, jumps, step_changes = [], [], [], []
         bar = tqdm(range(first, first + cfg.n_episodes), desc="deploy", unit="ep", disable=not cfg.run.progress)
@@ -178,7 +199,7 @@ def deploy(cfg: DeployConfig) -> dict[str, Any]:
             step_changes += rep.boundary_step_changes
             if recorder is not None:
                 recorder.add(rep.frames, {k: ep[k] for k in ("episode", "seed", "success", "steps", "status",
-                                                              "execution")})
+                                                              "execution", "intervention_steps")})
             bar.set_postfix(success=f"{np.mean([e['success'] for e in episodes]):.2f}")
     lat = list(worker.latencies)
     result = {
@@ -195,7 +216,8 @@ def deploy(cfg: DeployConfig) -> dict[str, Any]:
         "max_boundary_step_change": float(max(step_changes, default=0.0)),
         "mean_boundary_step_change": float(np.mean(step_changes)) if step_changes else 0.0,
         "late_dropped": int(sum(e["late_dropped"] for e in episodes)),
-        "clamps": safety.report(), "episodes": episodes, "run_dir": str(run_dir),
+        "clamps": safety.report(), "episodes": episodes, "run_dir": str(run_dir), "teleop": cfg.teleop,
+        "intervention_rate": float(sum(e["intervention_steps"] for e in episodes) / max(1, sum(e["steps"] for e in episodes))),
         "dataset": str(recorder.dataset_dir) if recorder is not None else None,
     }
     (Path(run_dir) / "deploy.json").write_text(json.dumps(result, indent=2, default=float))

@@ -8,13 +8,18 @@ of state frames); recording for hours would want LeRobot's incremental writer wi
 
 Columns: observation.state, observation.images.<cam>, action (the command actually sent, after the safety filter),
 plus policy_action (the policy's proposal; 0 where none), policy_valid, safety.held, safety.clamped (one flag per
-filter stage: nonfinite, position, delta, velocity, workspace), timing.lateness_ms and timing.t (s since start).
+filter stage: nonfinite, position, delta, velocity, workspace), timing.lateness_ms and timing.t (s since start),
+intervention (bool in the LeRobot dataset, as LeRobot's own recordings: true on ticks where the teleoperator had
+control; float 0/1 in episodes.zarr) and source (who commanded the frame: 0 policy,
+1 teleop: LeRobot v3 extra features are numeric, so the codes are named in teleop.SOURCE_NAMES and in the attrs
+`source_codes` of episodes.zarr). Every frame of a deployment without a teleoperator is intervention 0, source 0.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +27,10 @@ import numpy as np
 
 from genpolicy.datasets.replay_buffer import ReplayBuffer
 from genpolicy.fsutil import replace_dir, temp_sibling
+from genpolicy.real_robot.teleop import SOURCE_NAMES, SOURCE_POLICY, SOURCE_TELEOP
 
-EXTRA_KEYS = ("policy_action", "policy_valid", "safety.held", "safety.clamped", "timing.lateness_ms", "timing.t")
+EXTRA_KEYS = ("policy_action", "policy_valid", "safety.held", "safety.clamped", "timing.lateness_ms", "timing.t",
+              "intervention", "source")
 
 
 class EpisodeRecorder:
@@ -40,6 +47,10 @@ class EpisodeRecorder:
         if journal.exists():  # an interrupted deploy: keep what was recorded, append after it
             rb = ReplayBuffer.load(journal)
             self.episodes = [rb.episode(i) for i in range(rb.n_episodes)]
+            for ep in self.episodes:  # recorded before the teleop columns existed: every frame was the policy's
+                n = len(ep["action"])
+                ep.setdefault("intervention", np.zeros(n, np.float32))
+                ep.setdefault("source", np.full(n, SOURCE_POLICY, np.float32))
             self.infos = list(rb.attrs.get("episodes", []))
 
     @property
@@ -64,6 +75,10 @@ class EpisodeRecorder:
               "safety.clamped": np.asarray(frames["clamped"], np.float32),
               "timing.lateness_ms": np.asarray(frames["lateness_ms"], np.float32),
               "timing.t": np.asarray(frames["t"], np.float32)}
+        n = len(frames["action"])
+        flags = np.asarray(frames.get("intervention") or [0.0] * n, np.float32)
+        ep["intervention"] = flags
+        ep["source"] = np.where(flags > 0, SOURCE_TELEOP, SOURCE_POLICY).astype(np.float32)
         for k, v in frames.items():
             if k.startswith("image."):
                 ep[k] = np.asarray(v, np.uint8)
@@ -90,12 +105,17 @@ class EpisodeRecorder:
         from genpolicy.datasets.lerobot import export_arrays
 
         rb = ReplayBuffer.from_episodes(self.episodes, attrs={"fps": self.fps, "task": self.task, "episodes": self.infos,
-                                                              "source": "genpolicy deploy", **self.meta})
+                                                              "source": "genpolicy deploy", **self.meta,
+                                                              "source_codes": {str(k): v for k, v in SOURCE_NAMES.items()}})
         rb.save(self.out / "episodes.zarr")
         tmp = temp_sibling(self.dataset_dir)
         try:
-            export_arrays(rb.data, rb.episode_ends, tmp, fps=self.fps, repo_id="local/genpolicy-deploy", task=self.task,
-                          extra_keys=EXTRA_KEYS, image_writer_threads=0)
+            data = dict(rb.data)
+            data["intervention"] = np.asarray(data["intervention"]) > 0.5  # a bool feature, as LeRobot's own
+            with warnings.catch_warnings():  # ledataset's stats warn that they histogram bools as uint8
+                warnings.filterwarnings("ignore", message="Converting input from bool")
+                export_arrays(data, rb.episode_ends, tmp, fps=self.fps, repo_id="local/genpolicy-deploy",
+                              task=self.task, extra_keys=EXTRA_KEYS, image_writer_threads=0)
             (tmp / "meta").mkdir(parents=True, exist_ok=True)
             (tmp / "meta" / "genpolicy.json").write_text(json.dumps({"source": "genpolicy deploy", "task": self.task,
                                                                       "fps": self.fps, **self.meta}, indent=2))

@@ -131,6 +131,7 @@ class SimRobot:
         self._success = self._done = False
         self.steps = 0
         self.ret = 0.0
+        self.last_reward = 0.0
         self.dropped = 0
         self.sent = []
 
@@ -143,6 +144,7 @@ class SimRobot:
             obs, reward, terminated, truncated, info = self.env.step(self._command.astype(np.float32))
             self.steps += 1
             self.ret += float(reward)
+            self.last_reward = float(reward)  # the progress signal of a simulated teleoperator's stall rule
             self._success |= bool(info.get("success", False))
             self._done = bool(terminated or truncated or self.steps >= self.max_episode_steps)
             self._history.append((self._t_sim, obs))

@@ -214,6 +214,8 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     policy = make_policy(p, shape)
     rows = np.concatenate([np.arange(s, e) for s, e in _episode_ranges(rb, train_eps)])
     policy.normalizer.fit({"state": rb.data["state"][rows], "action": rb.data["action"][rows]})
+    if cfg.train.init_from and latest is None:  # a resumed run restores its own weights instead
+        _warm_start(policy, cfg.train.init_from)
     policy.to(device).train()
     ema = EMA(policy, cfg.train.ema_power, cfg.train.ema_max_decay)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
@@ -317,6 +319,21 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     best_path = run_dir / "checkpoints" / "best"
     return {"run_dir": str(run_dir), "final_checkpoint": str(final), "rank": info.rank,
             "best_checkpoint": str(best_path if best_path.exists() else final), "best": best, "eval": res}
+
+
+def _warm_start(policy: GenerativePolicy, ckpt: str) -> None:
+    """Copy the weights and normaliser of `ckpt` (its EMA copy) into `policy`. The normaliser comes along so the
+    weights keep their meaning: refitting it to new data would silently change what every input and output means."""
+    from genpolicy.training.checkpoint import load_policy
+
+    prev = load_policy(ckpt, use_ema=True)
+    diff = sorted(k for k, v in asdict(policy.cfg).items() if asdict(prev.cfg).get(k) != v)
+    if diff:
+        raise ConfigError(f"train.init_from={ckpt}: its policy config differs (changed: {', '.join(diff)})")
+    try:
+        policy.load_state_dict(prev.state_dict(), strict=True)
+    except RuntimeError as e:
+        raise ConfigError(f"train.init_from={ckpt}: weights do not fit ({' '.join(str(e).split())[:160]})") from None
 
 
 class _StopFlag:
