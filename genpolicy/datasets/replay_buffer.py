@@ -44,6 +44,12 @@ class ReplayBuffer:
     def image_keys(self) -> list[str]:
         return sorted(k for k in self.data if k.startswith("image."))
 
+    def read(self, key: str, rows: np.ndarray) -> np.ndarray:
+        return self.data[key][rows]
+
+    def image_shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.data[key].shape[1:])
+
     def episode(self, i: int) -> dict[str, np.ndarray]:
         start = 0 if i == 0 else int(self.episode_ends[i - 1])
         end = int(self.episode_ends[i])
@@ -114,7 +120,10 @@ class ReplayBuffer:
             root = zarr.open_group(str(tmp), mode="w")
             data = root.create_group("data")
             for key, arr in self.data.items():
-                chunks = (max(1, min(len(arr), int(2e6 // max(arr[0].nbytes, 1)))),) + arr.shape[1:]
+                # frames are read per batch at random rows (datasets/lazy.py ZarrFrames): small image chunks keep a
+                # random read cheap; numeric columns are read whole and get large chunks
+                target = 2**19 if key.startswith("image.") else 2e6
+                chunks = (max(1, min(len(arr), int(target // max(arr[0].nbytes, 1)))),) + arr.shape[1:]
                 data.array(key, arr, chunks=chunks)
             root.create_group("meta").array("episode_ends", np.asarray(self.episode_ends, dtype=np.int64))
             root.attrs.update(json.loads(json.dumps(self.attrs, default=float)))

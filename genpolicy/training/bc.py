@@ -11,6 +11,7 @@ identical on every rank. Rank 0 alone writes run files, and the others wait for 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import signal
 import threading
@@ -26,7 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from genpolicy.config import TrainConfig
-from genpolicy.datasets.replay_buffer import ReplayBuffer
+from genpolicy.datasets.lazy import LazyDemos, open_demos, worker_init
 from genpolicy.datasets.sequence import SequenceSampler, split_episodes
 from genpolicy.envs.registry import task_spec
 from genpolicy.errors import CheckpointError, ConfigError, DataError
@@ -52,25 +53,57 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return o.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def load_demos(cfg: TrainConfig) -> ReplayBuffer:
-    """Load the configured dataset and check that it fits the task."""
-    path = Path(cfg.data.path) if cfg.data.path else default_data_path(cfg.task.name)
-    if not path.exists():
+def load_demos(cfg: TrainConfig) -> LazyDemos:
+    """Open the configured dataset (zarr store, LeRobot v3 directory or cached LeRobot repo_id) and check that it
+    fits the task. Numeric columns are read into memory; camera frames stay on disk and are read per batch."""
+    path = cfg.data.path or str(default_data_path(cfg.task.name))
+    if not cfg.data.path and not Path(path).exists():
         raise DataError(f"{path}: no such dataset; create it with `genpolicy data generate task={cfg.task.name}` "
-                        f"or point data.path at a zarr store")
-    keys = None if cfg.task.images else ["action", "state"]
-    rb = ReplayBuffer.load(path, keys=keys)
+                        f"or point data.path at a zarr store or LeRobot v3 dataset")
     # The spec of the mode we train in: PushT's state is 5-d without images and 2-d (LeRobot layout) with them.
     spec = task_spec(cfg.task.name, images=cfg.task.images)
-    if rb.data["action"].shape[1] != spec.action_dim:
-        raise DataError(f"{path}: 'data/action' has dimension {rb.data['action'].shape[1]} but task "
-                        f"'{cfg.task.name}' expects {spec.action_dim}")
-    if rb.data["state"].shape[1] != spec.state_dim:
-        raise DataError(f"{path}: 'data/state' has dimension {rb.data['state'].shape[1]} but task "
-                        f"'{cfg.task.name}' expects {spec.state_dim}")
+    rb = open_demos(path, images=cfg.task.images, state_dim=spec.state_dim, action_dim=spec.action_dim,
+                    state_keys=list(cfg.data.state_keys) or None, tolerance_s=cfg.data.tolerance_s, task=cfg.task.name)
     if cfg.task.images and not rb.image_keys:
-        raise DataError(f"{path}: task.images=true but the store has no 'data/image.<camera>' arrays")
+        raise DataError(f"{path}: task.images=true but the dataset has no camera ('data/image.<camera>' arrays or "
+                        f"LeRobot observation.images.* features)")
+    if cfg.task.images and spec.cameras and len(rb.image_keys) != len(spec.cameras):
+        # the policy is built from the dataset's cameras; evaluation renders the task's: they must agree
+        raise DataError(f"{path}: the dataset has cameras {[k.split('.', 1)[1] for k in rb.image_keys]} "
+                        f"({[rb.key_map.get(k) for k in rb.image_keys]}) but task '{cfg.task.name}' renders "
+                        f"{list(spec.cameras)}")
     return rb
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item s = this process's CPU batch of step s (`step_batch` without the device), so DataLoader workers can
+    decode frames ahead of the loop while the batches stay a function of (seed, step) only."""
+
+    def __init__(self, train_set: SequenceSampler, cfg: TrainConfig, info: dist.DistInfo) -> None:
+        self.train_set, self.cfg, self.info = train_set, cfg, info
+
+    def __len__(self) -> int:
+        return self.cfg.train.steps
+
+    def __getitem__(self, step: int) -> dict:
+        return step_indices_batch(self.train_set, self.cfg, step, "cpu", self.info)
+
+
+def batch_stream(train_set: SequenceSampler, cfg: TrainConfig, start: int, info: dist.DistInfo):
+    """CPU batches of steps start, start+1, ...: read in `data.num_workers` worker processes when frames are read
+    from disk, in this process otherwise (in-memory columns are cheaper to gather than to pickle)."""
+    workers = cfg.data.num_workers
+    if workers < 0:  # auto: workers only when there are frames to decode
+        workers = min(4, max(1, (os.cpu_count() or 2) - 1)) if train_set.buffer.image_keys else 0
+    if workers == 0:
+        for step in range(start, cfg.train.steps):
+            yield step_indices_batch(train_set, cfg, step, "cpu", info)
+        return
+    loader = torch.utils.data.DataLoader(StepBatches(train_set, cfg, info), batch_size=None,
+                                         sampler=range(start, cfg.train.steps), num_workers=workers,
+                                         prefetch_factor=cfg.data.prefetch, worker_init_fn=worker_init,
+                                         pin_memory=torch.cuda.is_available(), persistent_workers=False)
+    yield from loader
 
 
 def _step_checkpoints(run_dir: Path) -> list[Path]:
@@ -138,6 +171,21 @@ def _rotate(run_dir: Path, step: int, best: dict[str, Any], best_held: int) -> N
             shutil.rmtree(old, ignore_errors=True)
 
 
+def step_indices_batch(train_set: SequenceSampler, cfg: TrainConfig, step: int, device: torch.device | str,
+                       info: dist.DistInfo = dist.DistInfo()) -> dict:
+    """This process's share of step `step`'s batch: train.batch_size windows drawn from (seed, step), rank r's slice."""
+    rng = np.random.default_rng([cfg.run.seed, step])
+    idx = rng.integers(0, len(train_set), size=cfg.train.batch_size)
+    per_rank = cfg.train.batch_size // info.world_size
+    return train_set.batch(idx[info.rank * per_rank:(info.rank + 1) * per_rank], device)
+
+
+def step_generator(cfg: TrainConfig, step: int, device: torch.device, info: dist.DistInfo = dist.DistInfo()
+                   ) -> torch.Generator:
+    """The noise stream of step `step` on this rank, seeded by (seed, step, rank)."""
+    return torch.Generator(device=device).manual_seed(cfg.run.seed * 1_000_003 + step + info.rank * 2**40)
+
+
 def step_batch(train_set: SequenceSampler, cfg: TrainConfig, step: int, device: torch.device,
                info: dist.DistInfo = dist.DistInfo()) -> tuple[dict, torch.Generator]:
     """This process's share of step `step`'s batch, and the generator for its noise.
@@ -146,12 +194,15 @@ def step_batch(train_set: SequenceSampler, cfg: TrainConfig, step: int, device: 
     its noise comes from a stream of its own, seeded by (seed, step, rank). A resumed run with the same number of
     processes therefore replays exactly, and a single process draws what it always did.
     """
-    rng = np.random.default_rng([cfg.run.seed, step])
-    idx = rng.integers(0, len(train_set), size=cfg.train.batch_size)
-    per_rank = cfg.train.batch_size // info.world_size
-    batch = train_set.batch(idx[info.rank * per_rank:(info.rank + 1) * per_rank], device)
-    gen = torch.Generator(device=device).manual_seed(cfg.run.seed * 1_000_003 + step + info.rank * 2**40)
-    return batch, gen
+    return step_indices_batch(train_set, cfg, step, device, info), step_generator(cfg, step, device, info)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Move a CPU batch to the device; crops (random in training) happen there, inside the policy's encoder."""
+    if device.type == "cpu":
+        return batch
+    return {k: (to_device(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True))
+            for k, v in batch.items()}
 
 
 class _Loss(nn.Module):
@@ -207,7 +258,7 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     train_set = SequenceSampler(rb, train_eps, p.n_obs_steps, p.horizon)
     val_set = SequenceSampler(rb, val_eps, p.n_obs_steps, p.horizon) if len(val_eps) else None
     cams = [k.split(".", 1)[1] for k in rb.image_keys] if cfg.task.images else []
-    image_size = int(rb.data[rb.image_keys[0]].shape[-1]) if cams else p.image_size
+    image_size = int(rb.image_shape(rb.image_keys[0])[-1]) if cams else p.image_size
     shape = ShapeMeta(state_dim=rb.data["state"].shape[1], action_dim=rb.data["action"].shape[1], cameras=cams,
                       image_size=image_size)
     torch.manual_seed(cfg.run.seed)
@@ -271,8 +322,9 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     t_last = time.time()
     stop = _StopFlag()
     with stop:
-        for step in range(start, cfg.train.steps):
-            batch, gen = step_batch(train_set, cfg, step, device, info)
+        batches = batch_stream(train_set, cfg, start, info)
+        for step, cpu_batch in zip(range(start, cfg.train.steps), batches):
+            batch, gen = to_device(cpu_batch, device), step_generator(cfg, step, device, info)
             lr = lr_at(step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -340,7 +392,7 @@ class _StopFlag:
             signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
-def _episode_ranges(rb: ReplayBuffer, episodes: np.ndarray) -> list[tuple[int, int]]:
+def _episode_ranges(rb: LazyDemos, episodes: np.ndarray) -> list[tuple[int, int]]:
     starts = np.concatenate([[0], rb.episode_ends[:-1]])
     return [(int(starts[e]), int(rb.episode_ends[e])) for e in episodes]
 
