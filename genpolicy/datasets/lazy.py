@@ -193,6 +193,7 @@ class VideoFrames:
         self.root, self.key, self.paths = root, key, paths
         self.file_of_row, self.t_of_row, self.episode_of_row = file_of_row, t_of_row, episode_of_row
         self.shape, self.fps, self.tol, self.seek_gap = shape, fps, tolerance_s, seek_gap_s
+        self._row = 0  # the row being decoded, for error messages
 
     def _where(self, path: Path, row: int) -> str:
         return f"{path} (video {self.key!r}, episode {int(self.episode_of_row[row])})"
@@ -224,7 +225,7 @@ class VideoFrames:
                 raise
             except Exception as e:  # av.error.InvalidDataError etc. from a damaged file
                 _DECODERS.drop(str(self.paths[int(f)]))
-                r = int(rows[sel][0])
+                r = self._row  # the row being decoded when it failed
                 raise DataError(f"{self._where(self.paths[int(f)], r)}: cannot decode video "
                                 f"({type(e).__name__}: {e}); the file may be truncated") from None
         return out
@@ -233,6 +234,7 @@ class VideoFrames:
         dec = self._decoder(f, int(rows[0]))
         prev_t, prev_img = None, None  # the last frame converted, for repeated timestamps
         for row, t, j in zip(rows.tolist(), ts.tolist(), dst.tolist()):
+            self._row = row
             if prev_t is not None and abs(prev_t - t) <= self.tol:
                 out[j] = prev_img
                 continue
@@ -243,9 +245,9 @@ class VideoFrames:
             while hit is None:
                 nxt = dec.next()
                 if nxt is None:
+                    seen = "no frame at or after it" if last_t is None else f"last frame at {last_t:.4f}s"
                     raise DataError(f"{self._where(dec.path, row)}: timestamp {t:.4f}s is beyond the end of the video "
-                                    f"(last frame at {'-' if last_t is None else f'{last_t:.4f}'}s); "
-                                    f"the file may be truncated")
+                                    f"({seen}); the file may be truncated")
                 if abs(nxt[0] - t) <= self.tol:
                     hit = nxt
                 elif nxt[0] > t + self.tol:
@@ -573,8 +575,8 @@ def _video_source(root: Path, info: dict, eps: dict, ep_index: np.ndarray, ep_le
         file_of_row[rows] = f
         t_of_row[rows] = float(eps[cols[2]][e]) + timestamps[rows]
         if to_ts is not None and t_of_row[rows][-1] > float(to_ts[e]) + tolerance_s:
-            raise DataError(f"{p} (video {key!r}, episode {int(ep_index[e])}): frame timestamp "
-                            f"{t_of_row[rows][-1]:.4f}s is beyond the episode's end in the video ({float(to_ts[e]):.4f}s)")
+            raise DataError(f"{p} (video {key!r}, episode {int(ep_index[e])}): timestamp {t_of_row[rows][-1]:.4f}s "
+                            f"is beyond the end of the episode's part of the video ({float(to_ts[e]):.4f}s)")
     # Every file is opened once here (headers only): a missing file, an unreadable one, a wrong fps, or an episode
     # that runs past the end of its file is refused before training starts rather than in a worker.
     end_of_file: dict[int, float] = {}

@@ -67,11 +67,15 @@ def load_demos(cfg: TrainConfig) -> LazyDemos:
     if cfg.task.images and not rb.image_keys:
         raise DataError(f"{path}: task.images=true but the dataset has no camera ('data/image.<camera>' arrays or "
                         f"LeRobot observation.images.* features)")
-    if cfg.task.images and spec.cameras and len(rb.image_keys) != len(spec.cameras):
-        # the policy is built from the dataset's cameras; evaluation renders the task's: they must agree
-        raise DataError(f"{path}: the dataset has cameras {[k.split('.', 1)[1] for k in rb.image_keys]} "
-                        f"({[rb.key_map.get(k) for k in rb.image_keys]}) but task '{cfg.task.name}' renders "
-                        f"{list(spec.cameras)}")
+    if cfg.task.images and spec.cameras:
+        # the policy sees the cameras the task renders at evaluation; other cameras of the dataset stay unread
+        want = [f"image.{c}" for c in spec.cameras]
+        missing = [k for k in want if k not in rb.frames]
+        if missing:
+            have = {k: rb.key_map.get(k, k) for k in rb.image_keys}
+            raise DataError(f"{path}: task '{cfg.task.name}' renders cameras {list(spec.cameras)} but the dataset has "
+                            f"{have}; missing {missing}")
+        rb.frames = {k: rb.frames[k] for k in want}
     return rb
 
 
@@ -86,7 +90,11 @@ class StepBatches(torch.utils.data.Dataset):
         return self.cfg.train.steps
 
     def __getitem__(self, step: int) -> dict:
-        return step_indices_batch(self.train_set, self.cfg, step, "cpu", self.info)
+        try:
+            return step_indices_batch(self.train_set, self.cfg, step, "cpu", self.info)
+        except DataError as e:
+            # DataLoader would re-raise it with the worker's traceback glued to the message: send the line instead
+            return {"data_error": str(e)}
 
 
 def batch_stream(train_set: SequenceSampler, cfg: TrainConfig, start: int, info: dist.DistInfo):
@@ -103,7 +111,10 @@ def batch_stream(train_set: SequenceSampler, cfg: TrainConfig, start: int, info:
                                          sampler=range(start, cfg.train.steps), num_workers=workers,
                                          prefetch_factor=cfg.data.prefetch, worker_init_fn=worker_init,
                                          pin_memory=torch.cuda.is_available(), persistent_workers=False)
-    yield from loader
+    for batch in loader:
+        if "data_error" in batch:
+            raise DataError(batch["data_error"])
+        yield batch
 
 
 def _step_checkpoints(run_dir: Path) -> list[Path]:
