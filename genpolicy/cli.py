@@ -3,7 +3,7 @@
     genpolicy demo
     genpolicy data generate task=metaworld/push-v3 data.n_episodes=50 [output=data/push.zarr]
     genpolicy data convert demos.hdf5 out.zarr        (robomimic HDF5 / LeRobot dir / zarr -> zarr or LeRobot)
-    genpolicy data info data/push.zarr
+    genpolicy data info data/push.zarr    (a LeRobot dir or cached repo_id too: its key -> policy mapping; task=... checks dims)
     genpolicy data expert task=gym/hopper-v5 expert.stop_return=1500   (SAC "medium" expert -> data/experts/...)
     genpolicy train task=metaworld/door-open-v3 policy=flow policy.steps=4
     torchrun --standalone --nproc_per_node=2 -m genpolicy.cli train ...   (data parallel; train.batch_size is global)
@@ -203,7 +203,8 @@ def cmd_data(args: list[str]) -> int:
         if not positional and not any(o.startswith("input=") for o in overrides):
             raise GenpolicyError("usage: genpolicy data info <path>")
         path = positional[0] if positional else next(o.split("=", 1)[1] for o in overrides if o.startswith("input="))
-        print(io.describe(io.load_any(path)))
+        task = next((o.split("=", 1)[1] for o in overrides if o.startswith("task=")), "")
+        print(io.info(path, task=task))
         return 0
     if sub == "convert":
         names = ["input", "output"]

@@ -307,7 +307,7 @@ from genpolicy.training.bc import train
 from tests.conftest import tiny_policy_cfg
 cfg = TrainConfig(task=TaskConfig(name="toy/bimodal", images=True),
                   data=DataConfig(path=sys.argv[1], val_fraction=0.0, num_workers=1),
-                  policy=tiny_policy_cfg(image_encoder="conv", image_size=96, width=32, depth=1, down_dims=[16, 32],
+                  policy=tiny_policy_cfg(image_encoder="conv", image_size=128, width=32, depth=1, down_dims=[16, 32],
                                          n_groups=4),
                   train=OptimConfig(steps=8, batch_size=16, warmup_steps=1),
                   eval=EvalConfig(n_episodes=1, n_envs=1, n_videos=0),
@@ -328,11 +328,13 @@ def _peak_rss_kb(root: Path, run: Path) -> tuple[int, int]:
 
 
 def test_peak_rss_does_not_grow_with_dataset_size(tmp_path: Path) -> None:
-    """10x the frames (2 cameras of 96x96: ~4 MB vs ~44 MB decoded) costs the trainer and its worker < 12 MB more."""
+    """10x the frames (2 cameras of 128x128: 8 MB vs 79 MB decoded) costs the trainer and its worker < 20 MB more
+    (decoding everything up front, as `data convert` does, costs ~70 MB more; run-to-run noise is ~12 MB)."""
     small, large = tmp_path / "small", tmp_path / "large"
-    write_two_camera_dataset(small, lengths=(40, 40), hw=96)
-    write_two_camera_dataset(large, lengths=(40,) * 20, hw=96)
+    write_two_camera_dataset(small, lengths=(80,), hw=128)
+    write_two_camera_dataset(large, lengths=(80,) * 10, hw=128)
     s_own, s_kid = _peak_rss_kb(small, tmp_path / "rs")
     l_own, l_kid = _peak_rss_kb(large, tmp_path / "rl")
-    assert l_own - s_own < 12_000, (s_own, l_own)
-    assert l_kid - s_kid < 12_000, (s_kid, l_kid)
+    print("RSS", s_own, l_own, s_kid, l_kid)
+    assert l_own - s_own < 20_000, (s_own, l_own)
+    assert l_kid - s_kid < 20_000, (s_kid, l_kid)

@@ -634,7 +634,7 @@ def describe_lerobot(root: Path, state_dim: int | None = None) -> str:
     lines = [f"dataset: {root} (LeRobot {info.get('codebase_version')}, robot {info.get('robot_type')})",
              f"episodes: {info.get('total_episodes')}   frames: {info.get('total_frames')}   fps: {info['fps']}",
              "mapping (LeRobot key -> policy input):",
-             f"  {'LeRobot key':<36} {'dtype':<8} {'shape':<14} -> policy"]
+             f"  {'LeRobot key':<36} {'dtype':<10} {'shape':<14} -> policy"]
     off = 0
     target: dict[str, str] = {}
     for k in m["state"]:
@@ -649,7 +649,7 @@ def describe_lerobot(root: Path, state_dim: int | None = None) -> str:
         if k in skip:
             continue
         store = " mp4" if f.get("dtype") == "video" else ""
-        lines.append(f"  {k:<36} {str(f.get('dtype')) + store:<8} {str(tuple(f.get('shape') or ())):<14} -> "
+        lines.append(f"  {k:<36} {str(f.get('dtype')) + store:<10} {str(tuple(f.get('shape') or ())):<14} -> "
                      f"{target.get(k, '(not used)')}")
     lines.append(f"  state dimension {off}" + ("" if state_dim is None else f" (task expects {state_dim})"))
     tasks = _tasks(root)
