@@ -227,12 +227,15 @@ class DataConfig:
     num_workers: int = -1  # DataLoader workers decoding frames; -1 = auto (0 without cameras, else min(4, cpus-1))
     prefetch: int = 2  # batches each worker reads ahead
     tolerance_s: float = 1e-4  # a video frame must lie this close to its timestamp (LeRobot's default)
+    video_backend: str = "pyav"  # pyav | torchcodec (needs the system FFmpeg libraries); see benchmarks/data_loading
 
     def __post_init__(self) -> None:
         _check_types(self, "data")
         _bounded(self, "data", n_episodes=(1, 10_000_000), max_train_episodes=(0, 10_000_000), num_workers=(-1, 64),
                  prefetch=(1, 64))
         _check(0 < self.tolerance_s < 1, f"data.tolerance_s must be in (0, 1) seconds, got {self.tolerance_s}")
+        _check(self.video_backend in ("pyav", "torchcodec"),
+               f"data.video_backend must be pyav or torchcodec, got {self.video_backend!r}")
         _check(0 <= self.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
 
 
@@ -681,6 +684,13 @@ class DataCommandConfig:
     state_keys: list[str] = field(default_factory=list)  # convert: source keys concatenated into `state`
     expert: SACExpertConfig = field(default_factory=SACExpertConfig)  # data expert: SAC settings
     progress: bool = True
+    # data view: a Rerun recording of one dataset episode (input=<dataset>) or one rollout of a checkpoint (ckpt=)
+    episode: int = 0
+    ckpt: str = ""
+    rollout_seed: int = 100000  # the rollout's env seed (the protocol's test seeds start here)
+    serve: bool = False  # also serve it: gRPC + Rerun's web viewer, for a browser on another machine
+    grpc_port: int = 9876
+    web_port: int = 9090
 
 
 def policy_config_from_dict(d: dict[str, Any], source: str) -> PolicyConfig:

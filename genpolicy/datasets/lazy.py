@@ -189,7 +189,10 @@ class VideoFrames:
 
     def __init__(self, root: Path, key: str, paths: list[Path], file_of_row: np.ndarray, t_of_row: np.ndarray,
                  episode_of_row: np.ndarray, shape: tuple[int, int, int], fps: float,
-                 tolerance_s: float = LEROBOT_TOLERANCE_S, seek_gap_s: float = 0.5) -> None:
+                 tolerance_s: float = LEROBOT_TOLERANCE_S, seek_gap_s: float = 0.5, backend: str = "pyav") -> None:
+        if backend not in VIDEO_BACKENDS:
+            raise DataError(f"unknown video backend {backend!r} (use one of {VIDEO_BACKENDS})")
+        self.backend = backend
         self.root, self.key, self.paths = root, key, paths
         self.file_of_row, self.t_of_row, self.episode_of_row = file_of_row, t_of_row, episode_of_row
         self.shape, self.fps, self.tol, self.seek_gap = shape, fps, tolerance_s, seek_gap_s
@@ -231,6 +234,8 @@ class VideoFrames:
         return out
 
     def _read_file(self, f: int, rows: np.ndarray, ts: np.ndarray, dst: np.ndarray, out: np.ndarray) -> None:
+        if self.backend == "torchcodec":
+            return self._read_file_torchcodec(f, rows, ts, dst, out)
         dec = self._decoder(f, int(rows[0]))
         prev_t, prev_img = None, None  # the last frame converted, for repeated timestamps
         for row, t, j in zip(rows.tolist(), ts.tolist(), dst.tolist()):
@@ -260,6 +265,41 @@ class VideoFrames:
                                 f"declares {self.shape[2]}x{self.shape[1]}")
             prev_t, prev_img = t, img.transpose(2, 0, 1)
             out[j] = prev_img
+
+
+    def _read_file_torchcodec(self, f: int, rows: np.ndarray, ts: np.ndarray, dst: np.ndarray,
+                              out: np.ndarray) -> None:
+        """torchcodec: the frames at round(t * fps) (LeRobot's query), checked against the tolerance."""
+        path = self.paths[f]
+
+        def make() -> Any:
+            from torchcodec.decoders import VideoDecoder
+
+            if not path.is_file():
+                raise DataError(f"{self._where(path, int(rows[0]))}: video file is missing")
+            return VideoDecoder(str(path), seek_mode="approximate", num_ffmpeg_threads=1, dimension_order="NCHW")
+
+        dec = _DECODERS.get(("torchcodec", str(path)), make)
+        fps = float(dec.metadata.average_fps or self.fps)
+        idx = np.rint(ts * fps).astype(np.int64)
+        n = dec.metadata.num_frames
+        if n is not None and idx.max() >= n:
+            row = int(rows[int(np.argmax(idx))])
+            self._row = row
+            raise DataError(f"{self._where(path, row)}: timestamp {ts.max():.4f}s is beyond the end of the video "
+                            f"({n} frames); the file may be truncated")
+        batch = dec.get_frames_at(indices=idx.tolist())
+        pts = batch.pts_seconds.numpy()
+        bad = np.abs(pts - ts) > self.tol
+        if bad.any():
+            k = int(np.argmax(bad))
+            self._row = int(rows[k])
+            raise DataError(f"{self._where(path, int(rows[k]))}: no frame within {self.tol:g}s of timestamp "
+                            f"{ts[k]:.4f}s (nearest decoded {pts[k]:.4f}s); frames are missing or the fps is wrong")
+        out[dst] = batch.data.numpy()
+
+
+VIDEO_BACKENDS = ("pyav", "torchcodec")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -335,7 +375,7 @@ def is_lerobot(path: Path) -> bool:
 
 def open_demos(path: str | Path, *, images: bool = True, state_dim: int | None = None, action_dim: int | None = None,
                state_keys: Optional[list[str]] = None, tolerance_s: float = LEROBOT_TOLERANCE_S,
-               task: str = "") -> LazyDemos:
+               task: str = "", video_backend: str = "pyav") -> LazyDemos:
     """Open a LeRobot v3 directory (or cached repo_id) or a zarr store without reading frames.
 
     `state_dim`/`action_dim` (the task's spec) choose and check the state mapping; a mismatch is refused with the
@@ -343,7 +383,7 @@ def open_demos(path: str | Path, *, images: bool = True, state_dim: int | None =
     p = resolve_path(path)
     if is_lerobot(p):
         return open_lerobot(p, images=images, state_dim=state_dim, action_dim=action_dim, state_keys=state_keys,
-                            tolerance_s=tolerance_s, task=task)
+                            tolerance_s=tolerance_s, task=task, video_backend=video_backend)
     return open_zarr(p, images=images, state_dim=state_dim, action_dim=action_dim, task=task)
 
 
@@ -421,7 +461,7 @@ def lerobot_mapping(features: dict, state_dim: int | None = None,
 
 def open_lerobot(root: Path, *, images: bool = True, state_dim: int | None = None, action_dim: int | None = None,
                  state_keys: Optional[list[str]] = None, tolerance_s: float = LEROBOT_TOLERANCE_S,
-                 task: str = "") -> LazyDemos:
+                 task: str = "", video_backend: str = "pyav") -> LazyDemos:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -520,7 +560,7 @@ def open_lerobot(root: Path, *, images: bool = True, state_dim: int | None = Non
             frames[out_key] = PngFrames([blobs[i] for i in row_order], (3, h, w), str(root), k)
             continue
         frames[out_key] = _video_source(root, info, eps, ep_index, ep_len, starts, timestamps, ep_of_row, k,
-                                        (3, h, w), fps, tolerance_s)
+                                        (3, h, w), fps, tolerance_s, video_backend)
     tasks = _tasks(root)
     attrs = {"source": "lerobot", "source_dir": str(root), "fps": fps, "task": tasks[0] if len(tasks) == 1 else "",
              "lerobot_codebase_version": info.get("codebase_version"), "robot_type": info.get("robot_type"),
@@ -548,7 +588,7 @@ def _hwc(ft: dict, root: Path, key: str) -> tuple[int, int, int]:
 
 def _video_source(root: Path, info: dict, eps: dict, ep_index: np.ndarray, ep_len: np.ndarray, starts: np.ndarray,
                   timestamps: np.ndarray, ep_of_row: np.ndarray, key: str, shape: tuple[int, int, int], fps: float,
-                  tolerance_s: float) -> VideoFrames:
+                  tolerance_s: float, backend: str = "pyav") -> VideoFrames:
     """Per-row (file, time) for one video key; files checked to exist, open, and have the dataset's fps."""
     import av
 
@@ -605,7 +645,8 @@ def _video_source(root: Path, info: dict, eps: dict, ep_index: np.ndarray, ep_le
             raise DataError(f"{paths[f]} (video {key!r}, episode {int(ep_of_row[last])}): timestamp "
                             f"{t_of_row[last]:.4f}s is beyond the end of the video ({dur:.4f}s); "
                             f"the file may be truncated")
-    return VideoFrames(root, key, paths, file_of_row, t_of_row, ep_of_row.astype(np.int32), shape, fps, tolerance_s)
+    return VideoFrames(root, key, paths, file_of_row, t_of_row, ep_of_row.astype(np.int32), shape, fps, tolerance_s,
+                       backend=backend)
 
 
 def _tasks(root: Path) -> list[str]:

@@ -63,7 +63,8 @@ def load_demos(cfg: TrainConfig) -> LazyDemos:
     # The spec of the mode we train in: PushT's state is 5-d without images and 2-d (LeRobot layout) with them.
     spec = task_spec(cfg.task.name, images=cfg.task.images)
     rb = open_demos(path, images=cfg.task.images, state_dim=spec.state_dim, action_dim=spec.action_dim,
-                    state_keys=list(cfg.data.state_keys) or None, tolerance_s=cfg.data.tolerance_s, task=cfg.task.name)
+                    state_keys=list(cfg.data.state_keys) or None, tolerance_s=cfg.data.tolerance_s, task=cfg.task.name,
+                    video_backend=cfg.data.video_backend)
     if cfg.task.images and not rb.image_keys:
         raise DataError(f"{path}: task.images=true but the dataset has no camera ('data/image.<camera>' arrays or "
                         f"LeRobot observation.images.* features)")
