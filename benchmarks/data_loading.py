@@ -191,7 +191,7 @@ def train_rate(network: str, size: int, batch_size: int, steps: int) -> dict:
     from genpolicy.config import PolicyConfig
     from genpolicy.policies import ShapeMeta, make_policy
 
-    cfg = PolicyConfig(type="flow", network=network, n_obs_steps=TO, horizon=HORIZON, image_encoder="conv",
+    cfg = PolicyConfig(type="flow", sampler="euler", network=network, n_obs_steps=TO, horizon=HORIZON, image_encoder="conv",
                        image_size=size, crop_ratio=0.9)
     policy = make_policy(cfg, ShapeMeta(state_dim=2, action_dim=2, cameras=["top", "follow"], image_size=size))
     policy.normalizer.fit({"state": np.random.default_rng(0).normal(size=(100, 2)),
@@ -274,7 +274,7 @@ def main() -> None:
     ap.add_argument("--measure", default="", help=argparse.SUPPRESS)  # loader:backend, in a child process
     args = ap.parse_args()
     if args.quick:
-        args.episodes, args.frames, args.batches, args.train_steps = 12, 100, 8, 3
+        args.episodes, args.frames, args.batches, args.train_steps = 12, 100, 8, 1
         args.workers = args.workers if args.workers != [2, 4] else [2]
     data = Path(args.data or (f"/tmp/genpolicy_bench_lerobot_{args.episodes}x{args.frames}_{args.size}" if args.quick
                               else ROOT / "data" / f"bench_lerobot_{args.episodes}x{args.frames}_{args.size}"))
