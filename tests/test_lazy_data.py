@@ -391,3 +391,24 @@ def test_view_writes_a_rerun_recording_of_a_rollout(tmp_path: Path) -> None:
     rows = _entities(out)
     n = rows["/cameras/render"]
     assert n >= 2 and rows["/success"] == rows["/reward"] == n and rows["/action/0"] == n + 1, rows
+
+
+def test_frames_are_resized_on_the_device_to_task_image_size(two_cam: Path, tmp_path: Path) -> None:
+    """32 px frames trained at task.image_size=40: resized in the loop (after the workers), policy and eval at 40."""
+    from genpolicy.config import DataConfig, EvalConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig
+    from genpolicy.training.bc import to_device, train
+    from genpolicy.training.checkpoint import load_policy
+    from tests.conftest import tiny_policy_cfg
+
+    x = torch.full((2, 2, 3, 32, 32), 77, dtype=torch.uint8)
+    y = to_device({"obs": {"image.top": x, "state": torch.zeros(2, 2, 2)}}, torch.device("cpu"), 40)["obs"]
+    assert y["image.top"].shape == (2, 2, 3, 40, 40) and y["image.top"].dtype == torch.uint8
+    assert bool((y["image.top"] == 77).all()) and y["state"].shape == (2, 2, 2)
+    res = train(TrainConfig(task=TaskConfig(name="toy/bimodal", images=True, image_size=40),
+                            data=DataConfig(path=str(two_cam), val_fraction=0.3, num_workers=0),
+                            policy=tiny_policy_cfg(image_encoder="conv"),
+                            train=OptimConfig(steps=2, batch_size=4, warmup_steps=1),
+                            eval=EvalConfig(n_episodes=1, n_envs=1, n_videos=0),
+                            run=RunConfig(dir=str(tmp_path / "r"), progress=False, log_every=1)))
+    assert load_policy(res["final_checkpoint"]).shape.image_size == 40
+    assert res["eval"]["n_episodes"] == 1

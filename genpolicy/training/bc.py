@@ -209,12 +209,35 @@ def step_batch(train_set: SequenceSampler, cfg: TrainConfig, step: int, device: 
     return step_indices_batch(train_set, cfg, step, device, info), step_generator(cfg, step, device, info)
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    """Move a CPU batch to the device; crops (random in training) happen there, inside the policy's encoder."""
-    if device.type == "cpu":
-        return batch
-    return {k: (to_device(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True))
-            for k, v in batch.items()}
+def to_device(batch: dict, device: torch.device, image_size: int = 0) -> dict:
+    """Move a CPU batch to the device and, when `image_size` differs from the stored frames, resize them there
+    (bilinear, antialiased, back to uint8). Crops (random in training) happen on the device too, inside the policy's
+    encoder: the workers only decode."""
+    if device.type != "cpu":
+        batch = {k: (to_device(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True))
+                 for k, v in batch.items()}
+    if image_size and "obs" in batch:
+        batch = {**batch, "obs": {k: _resize(v, image_size) if k.startswith("image.") else v
+                                  for k, v in batch["obs"].items()}}
+    return batch
+
+
+def _check_frames(batch: dict, size: int, source: str) -> None:
+    """The policy's encoder crops whatever it is given; frames of another size than it was built (and is evaluated)
+    for would train it on a different view, silently."""
+    for k, v in batch["obs"].items():
+        if k.startswith("image.") and tuple(v.shape[-2:]) != (size, size):
+            raise DataError(f"{source}: '{k}' frames are {v.shape[-1]}x{v.shape[-2]} but the policy takes {size}x{size}")
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, To, 3, H, W) uint8 -> (B, To, 3, size, size) uint8 on x's device."""
+    if x.shape[-2:] == (size, size):
+        return x
+    b, to = x.shape[:2]
+    y = torch.nn.functional.interpolate(x.flatten(0, 1).float(), size=(size, size), mode="bilinear",
+                                        antialias=True, align_corners=False)
+    return y.round_().clamp_(0, 255).to(torch.uint8).view(b, to, 3, size, size)
 
 
 class _Loss(nn.Module):
@@ -270,7 +293,15 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     train_set = SequenceSampler(rb, train_eps, p.n_obs_steps, p.horizon)
     val_set = SequenceSampler(rb, val_eps, p.n_obs_steps, p.horizon) if len(val_eps) else None
     cams = [k.split(".", 1)[1] for k in rb.image_keys] if cfg.task.images else []
-    image_size = int(rb.image_shape(rb.image_keys[0])[-1]) if cams else p.image_size
+    # the policy sees square frames of task.image_size when set (resized on the device), else as stored
+    resize = 0
+    if cams:
+        h, w = rb.image_shape(rb.image_keys[0])[-2:]
+        resize = cfg.task.image_size if cfg.task.image_size and (h, w) != (cfg.task.image_size,) * 2 else 0
+        if not resize and h != w:
+            raise DataError(f"{rb.source}: frames of {rb.key_map.get(rb.image_keys[0], rb.image_keys[0])} are {w}x{h}; "
+                            f"the policy takes square frames: set task.image_size=<pixels> to resize them on the device")
+    image_size = (resize or int(rb.image_shape(rb.image_keys[0])[-1])) if cams else p.image_size
     shape = ShapeMeta(state_dim=rb.data["state"].shape[1], action_dim=rb.data["action"].shape[1], cameras=cams,
                       image_size=image_size)
     torch.manual_seed(cfg.run.seed)
@@ -336,7 +367,8 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     with stop:
         batches = batch_stream(train_set, cfg, start, info)
         for step, cpu_batch in zip(range(start, cfg.train.steps), batches):
-            batch, gen = to_device(cpu_batch, device), step_generator(cfg, step, device, info)
+            batch, gen = to_device(cpu_batch, device, resize), step_generator(cfg, step, device, info)
+            _check_frames(batch, shape.image_size, rb.source)
             lr = lr_at(step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -355,7 +387,8 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
                 row.update(lr=lr, grad_norm=float(gnorm), steps_per_s=cfg.run.log_every / max(now - t_last, 1e-9))
                 if logger is not None:
                     if val_set is not None:
-                        row["val_loss"] = validation_loss(ema.model, val_set, cfg.train.batch_size, device, cfg.run.seed)
+                        row["val_loss"] = validation_loss(ema.model, val_set, cfg.train.batch_size, device, cfg.run.seed,
+                                                          image_size=resize)
                     logger.log(done, row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
                 t_last = now
@@ -411,13 +444,15 @@ def _episode_ranges(rb: LazyDemos, episodes: np.ndarray) -> list[tuple[int, int]
 
 @torch.no_grad()
 def validation_loss(policy: GenerativePolicy, val_set: SequenceSampler, batch_size: int, device: torch.device,
-                    seed: int, max_windows: int = 2048) -> float:
+                    seed: int, max_windows: int = 2048, image_size: int = 0) -> float:
     """Mean BC loss over held-out episodes, with fixed noise so values are comparable across steps."""
     was = policy.training
     policy.eval()
     gen = torch.Generator(device=device).manual_seed(seed + 12345)
     losses, n = 0.0, 0
-    for batch in val_set.iter_batches(batch_size, device, limit=max_windows):
+    for batch in val_set.iter_batches(batch_size, "cpu", limit=max_windows):
+        batch = to_device(batch, device, image_size)
+        _check_frames(batch, policy.shape.image_size, "validation")
         out = policy.loss(batch, generator=gen)
         b = out["per_sample"].shape[0]
         losses += float(out["loss"]) * b
