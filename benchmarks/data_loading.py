@@ -53,6 +53,8 @@ def record(path: Path, episodes: int, frames: int, size: int, vcodec: str, seed:
     env = ToyEnv(seed=seed, images=True, image_size=size, max_episode_steps=frames)
     expert = ToyExpert(noise=0.3, seed=seed)
     writer = None
+    # a fixed texture where the toy scene is blank: flat white frames would compress (and decode) unrealistically well
+    tex = np.random.default_rng(seed).integers(0, 64, size=(3, 2 * size, 2 * size), dtype=np.uint8)
     for e in range(episodes):
         obs = env.reset(seed=seed + e)
         expert.reset()
@@ -61,8 +63,8 @@ def record(path: Path, episodes: int, frames: int, size: int, vcodec: str, seed:
             a = expert.act(env, obs)
             ep["state"].append(obs["state"])
             ep["action"].append(a)
-            ep["image.top"].append(obs["image.top"])
-            ep["image.follow"].append(_follow_view(env, size))
+            ep["image.top"].append(_textured(obs["image.top"], tex[:, :size, :size]))
+            ep["image.follow"].append(_follow_view(env, size, tex))
             obs, *_ = env.step(a)
         arrays = {k: np.stack(v) for k, v in ep.items()}
         if writer is None:
@@ -76,12 +78,18 @@ def record(path: Path, episodes: int, frames: int, size: int, vcodec: str, seed:
     return time.time() - t0
 
 
-def _follow_view(env, size: int) -> np.ndarray:
-    """A second camera: the scene at twice the scale, centred on the agent (CHW uint8)."""
-    big = env._draw(2 * size)
+def _textured(img: np.ndarray, tex: np.ndarray) -> np.ndarray:
+    """CHW uint8 frame with `tex` showing through its white background."""
+    blank = (img == 255).all(axis=0, keepdims=True)
+    return np.where(blank, 191 + tex, img).astype(np.uint8)
+
+
+def _follow_view(env, size: int, tex: np.ndarray) -> np.ndarray:
+    """A second camera: the textured scene at twice the scale, centred on the agent (CHW uint8)."""
+    big = _textured(env._draw(2 * size).transpose(2, 0, 1), tex)
     cy = int(np.clip((1.5 - env.pos[1]) / 3.0 * 2 * size, size // 2, 2 * size - size // 2))
     cx = int(np.clip((env.pos[0] + 1.5) / 3.0 * 2 * size, size // 2, 2 * size - size // 2))
-    return big[cy - size // 2:cy - size // 2 + size, cx - size // 2:cx - size // 2 + size].transpose(2, 0, 1).copy()
+    return np.ascontiguousarray(big[:, cy - size // 2:cy - size // 2 + size, cx - size // 2:cx - size // 2 + size])
 
 
 # ---- measuring one loader (in its own process) -------------------------------------------------------------------
@@ -232,8 +240,8 @@ def write_report(out: Path, res: dict) -> None:
     d = res["dataset"]
     lines = [f"# Data loading: LeRobot v3 video, genpolicy vs LeRobotDataset{' (quick)' if res['quick'] else ''}", "",
              f"Dataset: toy simulator recorded with `LeRobotWriter`: {d['episodes']} episodes x {d['frames_per_episode']}"
-             f" frames, two cameras at {d['size']}x{d['size']} ({d['vcodec']} mp4, {d['mb']:.0f} MB on disk; recording "
-             f"took {d['record_s']:.0f} s). Batches of {res['batch_size']} windows, To={TO} frames, H={HORIZON} actions.",
+             f" frames, two cameras at {d['size']}x{d['size']} ({d['vcodec']} mp4, {d['mb']:.0f} MB on disk; "
+             + (f"recording took {d['record_s']:.0f} s" if d['record_s'] else "recorded by an earlier run") + "). Batches of {res['batch_size']} windows, To={TO} frames, H={HORIZON} actions.",
              f"Machine: {res['machine']}. Command: `{res['command']}`.", "",
              "| loader | backend | workers | samples/s | peak RSS (MB) | first batch (s) |",
              "|---|---|---|---|---|---|"]
