@@ -229,8 +229,7 @@ def cmd_data(args: list[str]) -> int:
         rb = generate(cfg.task.name, cfg.data.n_episodes, seed=cfg.data.seed, noise=cfg.data.noise,
                       detour_prob=cfg.data.detour_prob, images=cfg.task.images, keep_failed=cfg.data.keep_failed,
                       max_episode_steps=cfg.task.max_episode_steps, progress=cfg.progress,
-                      expert_path=cfg.data.expert_path, image_size=cfg.task.image_size)
-        rb.save(out)
+                      expert_path=cfg.data.expert_path, image_size=cfg.task.image_size, out=out)
         print(f"wrote {out}: {rb.n_episodes} episodes, {rb.n_steps} steps; expert success rate "
               f"{rb.attrs['expert_success_rate']:.2f} over {rb.attrs['expert_attempts']} attempts "
               f"(success = {rb.attrs['success_definition']}); expert mean return {rb.attrs['expert_mean_return']:.1f}")

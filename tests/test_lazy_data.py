@@ -412,3 +412,23 @@ def test_frames_are_resized_on_the_device_to_task_image_size(two_cam: Path, tmp_
                             run=RunConfig(dir=str(tmp_path / "r"), progress=False, log_every=1)))
     assert load_policy(res["final_checkpoint"]).shape.image_size == 40
     assert res["eval"]["n_episodes"] == 1
+
+
+def test_generate_streams_episodes_into_a_chunked_zarr(tmp_path: Path) -> None:
+    """`data generate` appends each episode to the store as it finishes; the result equals the in-memory path."""
+    import zarr
+
+    from genpolicy.datasets.collect import generate
+    from genpolicy.datasets.replay_buffer import ReplayBuffer, chunk_rows
+
+    mem = generate("toy/bimodal", 3, images=True, image_size=64, progress=False)
+    lazy = generate("toy/bimodal", 3, images=True, image_size=64, progress=False, out=tmp_path / "s.zarr")
+    back = ReplayBuffer.load(tmp_path / "s.zarr")
+    assert lazy.n_episodes == 3 and np.array_equal(back.episode_ends, mem.episode_ends)
+    assert sorted(back.data) == sorted(mem.data) == ["action", "image.top", "state"]
+    for k in mem.data:
+        assert np.array_equal(back.data[k], mem.data[k]), k
+    assert back.attrs["expert_success_rate"] == mem.attrs["expert_success_rate"]
+    chunks = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["data"]["image.top"].chunks
+    assert chunks[0] == chunk_rows("image.top", 3 * 64 * 64) < back.n_steps  # frames in small chunks
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # written beside, renamed into place
