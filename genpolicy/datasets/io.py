@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from genpolicy.datasets.lazy import LazyDemos
 from genpolicy.datasets.replay_buffer import ReplayBuffer
 from genpolicy.errors import DataError
 
@@ -65,6 +66,8 @@ def info(path: str | Path, task: str = "") -> str:
     from genpolicy.datasets.lazy import describe_lerobot, is_lerobot, open_demos, resolve_path
 
     p = resolve_path(path)
+    if detect_format(p) == "zarr":
+        return describe(open_demos(p))  # frames stay on disk: only their shapes are read
     if not is_lerobot(p):
         return describe(load_any(p))
     state_dim = None
@@ -82,7 +85,7 @@ def info(path: str | Path, task: str = "") -> str:
     return "\n".join(lines)
 
 
-def describe(rb: ReplayBuffer) -> str:
+def describe(rb: ReplayBuffer | LazyDemos) -> str:
     """Human-readable summary: episodes, lengths, keys, shapes, action ranges."""
     lengths = rb.episode_lengths
     lines = [
@@ -91,8 +94,11 @@ def describe(rb: ReplayBuffer) -> str:
         f"length min/mean/max: {lengths.min()}/{lengths.mean():.1f}/{lengths.max()}",
         "keys:",
     ]
-    for k, v in sorted(rb.data.items()):
-        lines.append(f"  {k:<24} {str(v.dtype):<8} {tuple(v.shape)}")
+    shapes = {k: (str(v.dtype), tuple(v.shape)) for k, v in rb.data.items()}
+    for k, src in getattr(rb, "frames", {}).items():  # LazyDemos: frames on disk
+        shapes[k] = ("uint8", (rb.n_steps, *src.shape))
+    for k, (dtype, shape) in sorted(shapes.items()):
+        lines.append(f"  {k:<24} {dtype:<8} {shape}")
     act = rb.data["action"]
     lines.append("action range per dim (min .. max):")
     for i, (lo, hi) in enumerate(zip(act.min(0), act.max(0))):
