@@ -5,15 +5,18 @@ two cameras (`top`: the scene; `follow`: a 2x view centred on the agent) at S x 
 
 For each loader and worker count, one fresh process reads training batches (To=2 frame history, H=16 actions) of
 the same files and reports samples/s after the first batch, the time to the first batch (opening included) and the
-peak RSS of the process and its workers together (sum of their RSS, sampled every 50 ms; shared pages counted in
-each process, so an over-estimate). genpolicy's batches are step-seeded windows (`bc.StepBatches` in a DataLoader,
-as training reads them); LeRobot's are `LeRobotDataset(delta_timestamps=...)` in a shuffled DataLoader.
+peak memory of the process and its workers together, sampled every 50 ms: RSS summed (pages shared by the forked
+workers counted in each, an over-estimate) and PSS summed (shared pages split between the sharers). genpolicy's
+batches are step-seeded windows (`bc.StepBatches` in a DataLoader, as training reads them); LeRobot's are
+`LeRobotDataset(delta_timestamps=...)` in a shuffled DataLoader (torchcodec: its pyav path needs torchvision's
+removed VideoReader).
 
 Then the training side: steps/s of the MLP and U-Net policies (conv image encoder, both cameras) on this CPU with
 in-memory batches, so the loader rows can be read against what training consumes.
 
 Writes benchmarks/results/data_loading.md and data_loading.json (rows: loader, backend, workers, batch_size,
-samples_per_s, peak_rss_mb, first_batch_s, episodes, frames, ...).
+samples_per_s, peak_rss_mb, peak_pss_mb, first_batch_s, episodes, frames, ...). Recording the full dataset takes
+most of the time (~1 h on 2 busy cores); it is kept in data/ and reused by later runs.
 
     .venv/bin/python benchmarks/data_loading.py                 # 200 episodes x 300 frames, 224 px (the target)
     .venv/bin/python benchmarks/data_loading.py --quick         # 12 x 100 at 224 px, to /tmp, a few minutes
@@ -93,32 +96,39 @@ def _follow_view(env, size: int, tex: np.ndarray) -> np.ndarray:
 
 
 # ---- measuring one loader (in its own process) -------------------------------------------------------------------
-def _tree_rss_mb(pid: int) -> float:
-    """RSS of `pid` and all its descendants, MB."""
-    total, stack = 0.0, [pid]
+def _tree_mem_mb(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) of `pid` and all its descendants, MB. RSS counts pages shared by forked workers once per process;
+    PSS splits them between the processes that share them (the memory the tree really holds)."""
+    rss, pss, stack = 0.0, 0.0, [pid]
     while stack:
         p = stack.pop()
         try:
-            with open(f"/proc/{p}/status") as f:
+            with open(f"/proc/{p}/smaps_rollup") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) / 1024
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1]) / 1024
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1]) / 1024
             for tid in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{tid}/children") as f:
                     stack += [int(c) for c in f.read().split()]
         except (FileNotFoundError, ProcessLookupError, ValueError):
             continue
-    return total
+    return rss, pss
 
 
 class PeakRSS:
     def __init__(self) -> None:
-        self.peak, self._stop = 0.0, threading.Event()
+        self.peak, self.peak_pss, self._stop = 0.0, 0.0, threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        rss, pss = _tree_mem_mb(os.getpid())
+        self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, _tree_rss_mb(os.getpid()))
+            self._sample()
             self._stop.wait(0.05)
 
     def __enter__(self) -> "PeakRSS":
@@ -128,7 +138,7 @@ class PeakRSS:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._t.join()
-        self.peak = max(self.peak, _tree_rss_mb(os.getpid()))
+        self._sample()
 
 
 def measure(loader: str, backend: str, path: Path, workers: int, batch_size: int, batches: int) -> dict:
@@ -152,7 +162,7 @@ def measure(loader: str, backend: str, path: Path, workers: int, batch_size: int
     shapes = {k: tuple(v.shape) for k, v in first.items() if hasattr(v, "shape")}
     return {"loader": loader, "backend": backend, "workers": workers, "batch_size": batch_size,
             "batches": n_frames, "samples_per_s": round(n_frames * batch_size / dt, 1),
-            "peak_rss_mb": round(rss.peak, 1), "first_batch_s": round(t_first, 2), "shapes": str(shapes)}
+            "peak_rss_mb": round(rss.peak, 1), "peak_pss_mb": round(rss.peak_pss, 1), "first_batch_s": round(t_first, 2), "shapes": str(shapes)}
 
 
 def _genpolicy_batches(path: Path, workers: int, batch_size: int, steps: int, backend: str):
@@ -243,11 +253,11 @@ def write_report(out: Path, res: dict) -> None:
              f" frames, two cameras at {d['size']}x{d['size']} ({d['vcodec']} mp4, {d['mb']:.0f} MB on disk; "
              + (f"recording took {d['record_s']:.0f} s" if d['record_s'] else "recorded by an earlier run") + "). Batches of {res['batch_size']} windows, To={TO} frames, H={HORIZON} actions.",
              f"Machine: {res['machine']}. Command: `{res['command']}`.", "",
-             "| loader | backend | workers | samples/s | peak RSS (MB) | first batch (s) |",
-             "|---|---|---|---|---|---|"]
+             "| loader | backend | workers | samples/s | peak RSS (MB) | peak PSS (MB) | first batch (s) |",
+             "|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         lines.append(f"| {r['loader']} | {r['backend']} | {r['workers']} | {r['samples_per_s']:.0f} | "
-                     f"{r['peak_rss_mb']:.0f} | {r['first_batch_s']:.1f} |")
+                     f"{r['peak_rss_mb']:.0f} | {r.get('peak_pss_mb', 0):.0f} | {r['first_batch_s']:.1f} |")
     lines += ["", "Speed-up of genpolicy over LeRobotDataset at equal workers (best backend each):", ""]
     for w in sorted({r["workers"] for r in res["rows"]}):
         g = max((r["samples_per_s"] for r in res["rows"] if r["loader"] == "genpolicy" and r["workers"] == w), default=0)
