@@ -16,7 +16,8 @@ in-memory batches, so the loader rows can be read against what training consumes
 
 Writes benchmarks/results/data_loading.md and data_loading.json (rows: loader, backend, workers, batch_size,
 samples_per_s, peak_rss_mb, peak_pss_mb, first_batch_s, episodes, frames, ...). Recording the full dataset takes
-most of the time (~1 h on 2 busy cores); it is kept in data/ and reused by later runs.
+most of the time (0.27 s per frame of both cameras on 2 shared cores: ~4.5 h for 60k frames; ~1 h on 2 idle
+cores); it is kept in data/ and reused by later runs.
 
     .venv/bin/python benchmarks/data_loading.py                 # 200 episodes x 300 frames, 224 px (the target)
     .venv/bin/python benchmarks/data_loading.py --quick         # 12 x 100 at 224 px, to /tmp, a few minutes
@@ -251,7 +252,8 @@ def write_report(out: Path, res: dict) -> None:
     lines = [f"# Data loading: LeRobot v3 video, genpolicy vs LeRobotDataset{' (quick)' if res['quick'] else ''}", "",
              f"Dataset: toy simulator recorded with `LeRobotWriter`: {d['episodes']} episodes x {d['frames_per_episode']}"
              f" frames, two cameras at {d['size']}x{d['size']} ({d['vcodec']} mp4, {d['mb']:.0f} MB on disk; "
-             + (f"recording took {d['record_s']:.0f} s" if d['record_s'] else "recorded by an earlier run") + "). Batches of {res['batch_size']} windows, To={TO} frames, H={HORIZON} actions.",
+             + (f"recording took {d['record_s']:.0f} s" if d['record_s'] else "recorded by an earlier run")
+             + f"). Batches of {res['batch_size']} windows, To={TO} frames, H={HORIZON} actions.",
              f"Machine: {res['machine']}. Command: `{res['command']}`.", "",
              "| loader | backend | workers | samples/s | peak RSS (MB) | peak PSS (MB) | first batch (s) |",
              "|---|---|---|---|---|---|---|"]
@@ -286,7 +288,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--batches", type=int, default=40)
     ap.add_argument("--backends", nargs="+", default=["pyav", "torchcodec"])
-    ap.add_argument("--train-steps", type=int, default=10)
+    ap.add_argument("--train-steps", type=int, default=3)
     ap.add_argument("--data", default="", help="dataset directory (recorded if absent)")
     ap.add_argument("--out", default="")
     ap.add_argument("--measure", default="", help=argparse.SUPPRESS)  # loader:backend, in a child process
