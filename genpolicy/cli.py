@@ -258,7 +258,7 @@ def _data_view(cfg, task_given: bool) -> int:
     print(f"wrote {out}: {ep['title']}, {len(ep['action'])} frames, cameras {sorted(ep['images'])}{extra} "
           f"(open with `rerun {out}`)")
     if cfg.serve:
-        view.serve(ep, grpc_port=cfg.grpc_port, web_port=cfg.web_port)
+        view.serve(ep, grpc_port=cfg.grpc_port, web_port=cfg.web_port, host=cfg.view_host)
     return 0
 
 

@@ -694,6 +694,7 @@ class DataCommandConfig:
     serve: bool = False  # also serve it: gRPC + Rerun's web viewer, for a browser on another machine
     grpc_port: int = 9876
     web_port: int = 9090
+    view_host: str = "localhost"  # the address the browser page uses to reach the gRPC port (ssh tunnel: localhost)
 
 
 def policy_config_from_dict(d: dict[str, Any], source: str) -> PolicyConfig:

@@ -436,3 +436,34 @@ def test_generate_streams_episodes_into_a_chunked_zarr(tmp_path: Path) -> None:
     chunks = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["data"]["image.top"].chunks
     assert chunks[0] == chunk_rows("image.top", 3 * 64 * 64) < back.n_steps  # frames in small chunks
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # written beside, renamed into place
+
+
+def test_view_serves_the_web_viewer_and_grpc(two_cam: Path) -> None:
+    """serve=true: Rerun's web viewer answers over HTTP and the gRPC port accepts connections, on all interfaces."""
+    pytest.importorskip("rerun")
+    import socket
+    import threading
+    import time
+    import urllib.request
+
+    from genpolicy.datasets.view import episode_frames, serve
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    grpc, web = free_port(), free_port()
+    t = threading.Thread(target=serve, args=(episode_frames(two_cam, 0),),
+                         kwargs=dict(grpc_port=grpc, web_port=web, seconds=4), daemon=True)
+    t.start()
+    deadline, page = time.time() + 3.5, b""
+    while time.time() < deadline and not page:
+        try:
+            page = urllib.request.urlopen(f"http://127.0.0.1:{web}/", timeout=2).read()
+        except OSError:
+            time.sleep(0.2)
+    assert page, "the web viewer did not answer"
+    with socket.create_connection(("127.0.0.1", grpc), timeout=2):
+        pass
+    t.join(timeout=10)

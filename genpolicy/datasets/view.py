@@ -170,15 +170,20 @@ def write_recording(ep: dict[str, Any], out: str | Path) -> Path:
     return out
 
 
-def serve(ep: dict[str, Any], grpc_port: int = 9876, web_port: int = 9090, seconds: Optional[float] = None) -> None:
-    """Serve the episode over gRPC plus Rerun's web viewer; open http://<host>:<web_port> from another machine."""
+def serve(ep: dict[str, Any], grpc_port: int = 9876, web_port: int = 9090, host: str = "localhost",
+          seconds: Optional[float] = None) -> None:
+    """Serve the episode over gRPC plus Rerun's web viewer (both listen on all interfaces) until Ctrl-C.
+
+    The browser page connects to the gRPC server at `host`: the default suits an SSH tunnel of both ports
+    (`ssh -L 9090:localhost:9090 -L 9876:localhost:9876 <machine>`); for direct access pass the machine's address."""
     rr = _rr()
     rec = rr.RecordingStream("genpolicy", recording_id=str(uuid.uuid4()))
-    uri = rec.serve_grpc(grpc_port=grpc_port)
-    rr.serve_web_viewer(web_port=web_port, open_browser=False, connect_to=uri)
+    rec.serve_grpc(grpc_port=grpc_port)
+    rr.serve_web_viewer(web_port=web_port, open_browser=False, connect_to=f"rerun+http://{host}:{grpc_port}/proxy")
     log_episode(rec, ep)
     rec.flush()
-    print(f"serving {ep['title']}: open http://<this host>:{web_port} (gRPC {uri}); Ctrl-C to stop", flush=True)
+    print(f"serving {ep['title']}: open http://{host}:{web_port} (gRPC port {grpc_port}; from another machine "
+          f"tunnel both ports with ssh -L, or pass view_host=<this machine's address>); Ctrl-C to stop", flush=True)
     t0 = time.time()
     try:
         while seconds is None or time.time() - t0 < seconds:
