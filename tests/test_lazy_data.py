@@ -306,17 +306,29 @@ def test_zarr_images_are_read_by_chunks(tmp_path: Path) -> None:
 # ---- bounded memory -------------------------------------------------------------------------------------------
 _RSS_SCRIPT = r"""
 import resource, sys
-from genpolicy.config import DataConfig, EvalConfig, OptimConfig, RunConfig, TaskConfig, TrainConfig
-from genpolicy.training.bc import train
+import numpy as np, torch
+from genpolicy.config import DataConfig, OptimConfig, TaskConfig, TrainConfig
+from genpolicy.datasets.sequence import SequenceSampler
+from genpolicy.policies import ShapeMeta, make_policy
+from genpolicy.training.bc import batch_stream, load_demos, step_generator, to_device
+from genpolicy.training.dist import DistInfo
 from tests.conftest import tiny_policy_cfg
+# the BC loop's data path and updates (bc._train without its checkpoints and final evaluation)
 cfg = TrainConfig(task=TaskConfig(name="toy/bimodal", images=True),
                   data=DataConfig(path=sys.argv[1], val_fraction=0.0, num_workers=1),
                   policy=tiny_policy_cfg(image_encoder="conv", image_size=128, width=32, depth=1, down_dims=[16, 32],
                                          n_groups=4),
-                  train=OptimConfig(steps=8, batch_size=16, warmup_steps=1),
-                  eval=EvalConfig(n_episodes=1, n_envs=1, n_videos=0),
-                  run=RunConfig(dir=sys.argv[2], progress=False))
-train(cfg)
+                  train=OptimConfig(steps=4, batch_size=8, warmup_steps=1))
+demos = load_demos(cfg)
+sampler = SequenceSampler(demos, np.arange(demos.n_episodes), cfg.policy.n_obs_steps, cfg.policy.horizon)
+policy = make_policy(cfg.policy, ShapeMeta(state_dim=2, action_dim=2, cameras=["top"], image_size=128))
+policy.normalizer.fit({"state": demos.data["state"], "action": demos.data["action"]})
+opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+for step, batch in zip(range(cfg.train.steps), batch_stream(sampler, cfg, 0, DistInfo())):
+    loss = policy.loss(to_device(batch, torch.device("cpu")), generator=step_generator(cfg, step, torch.device("cpu")))["loss"]
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
 own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 print("RSS_KB", own, kids)
@@ -324,7 +336,7 @@ print("RSS_KB", own, kids)
 
 
 def _peak_rss_kb(*jobs: tuple[Path, Path]) -> list[tuple[int, int]]:
-    """Train on each (dataset, run dir) in its own fresh process, all at once; (own, largest child) peak RSS in KB."""
+    """Train on each dataset in its own fresh process, all at once; (own, largest child) peak RSS in KB."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen([sys.executable, "-c", _RSS_SCRIPT, str(root), str(run)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env) for root, run in jobs]
