@@ -479,3 +479,16 @@ def test_view_serves_the_web_viewer_and_grpc(two_cam: Path) -> None:
     with socket.create_connection(("127.0.0.1", grpc), timeout=2):
         pass
     t.join(timeout=10)
+
+
+def test_repo_id_is_found_in_the_local_cache_never_downloaded(two_cam: Path, tmp_path: Path, monkeypatch) -> None:
+    from genpolicy.datasets.lazy import open_demos
+
+    home = tmp_path / "lerobot_home"
+    shutil.copytree(two_cam, home / "someone" / "two_cams")
+    monkeypatch.setenv("HF_LEROBOT_HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    assert open_demos("someone/two_cams").source == str(home / "someone" / "two_cams")
+    with pytest.raises(DataError) as e:
+        open_demos("someone/elsewhere")
+    _one_line(e, "someone/elsewhere", "local cache", "nothing is downloaded")
