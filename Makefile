@@ -13,6 +13,7 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -r requirements.txt
 	$(BIN)/pip install --no-deps gym-pusht==0.1.8
+	$(BIN)/pip install --no-deps rerun-sdk==0.41.0  # declares numpy>=2; its other deps are in requirements.txt
 	$(BIN)/pip install --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -3,7 +3,8 @@
     genpolicy demo
     genpolicy data generate task=metaworld/push-v3 data.n_episodes=50 [output=data/push.zarr]
     genpolicy data convert demos.hdf5 out.zarr        (robomimic HDF5 / LeRobot dir / zarr -> zarr or LeRobot)
-    genpolicy data info data/push.zarr
+    genpolicy data info data/push.zarr    (a LeRobot dir or cached repo_id too: its key -> policy mapping; task=... checks dims)
+    genpolicy data view data/push.zarr episode=0 [serve=true]   (Rerun recording; ckpt=<checkpoint> for a rollout)
     genpolicy data expert task=gym/hopper-v5 expert.stop_return=1500   (SAC "medium" expert -> data/experts/...)
     genpolicy train task=metaworld/door-open-v3 policy=flow policy.steps=4
     torchrun --standalone --nproc_per_node=2 -m genpolicy.cli train ...   (data parallel; train.batch_size is global)
@@ -200,20 +201,23 @@ def cmd_data(args: list[str]) -> int:
     from genpolicy.config import DataCommandConfig
     from genpolicy.datasets import io
 
-    if not args or args[0] not in ("generate", "convert", "info", "expert"):
-        raise GenpolicyError("usage: genpolicy data generate|convert|info|expert ...")
+    if not args or args[0] not in ("generate", "convert", "info", "expert", "view"):
+        raise GenpolicyError("usage: genpolicy data generate|convert|info|expert|view ...")
     sub, rest = args[0], args[1:]
     positional, overrides = _split_args(rest)
     if sub == "info":
         if not positional and not any(o.startswith("input=") for o in overrides):
             raise GenpolicyError("usage: genpolicy data info <path>")
         path = positional[0] if positional else next(o.split("=", 1)[1] for o in overrides if o.startswith("input="))
-        print(io.describe(io.load_any(path)))
+        task = next((o.split("=", 1)[1] for o in overrides if o.startswith("task=")), "")
+        print(io.info(path, task=task))
         return 0
-    if sub == "convert":
+    if sub in ("convert", "view"):
         names = ["input", "output"]
         overrides += [f"{n}={v}" for n, v in zip(names, positional)]
     cfg = compose("data", overrides, DataCommandConfig)
+    if sub == "view":
+        return _data_view(cfg, task_given=any(o.startswith(("task=", "task.name=")) for o in overrides))
     if sub == "expert":
         from genpolicy.experts.sac import default_expert_path, train_expert
 
@@ -230,8 +234,7 @@ def cmd_data(args: list[str]) -> int:
         rb = generate(cfg.task.name, cfg.data.n_episodes, seed=cfg.data.seed, noise=cfg.data.noise,
                       detour_prob=cfg.data.detour_prob, images=cfg.task.images, keep_failed=cfg.data.keep_failed,
                       max_episode_steps=cfg.task.max_episode_steps, progress=cfg.progress,
-                      expert_path=cfg.data.expert_path, image_size=cfg.task.image_size)
-        rb.save(out)
+                      expert_path=cfg.data.expert_path, image_size=cfg.task.image_size, out=out)
         print(f"wrote {out}: {rb.n_episodes} episodes, {rb.n_steps} steps; expert success rate "
               f"{rb.attrs['expert_success_rate']:.2f} over {rb.attrs['expert_attempts']} attempts "
               f"(success = {rb.attrs['success_definition']}); expert mean return {rb.attrs['expert_mean_return']:.1f}")
@@ -240,6 +243,27 @@ def cmd_data(args: list[str]) -> int:
         raise GenpolicyError("usage: genpolicy data convert <input> <output> [format=zarr|lerobot]")
     out = io.convert(cfg.input, cfg.output, fmt=cfg.format or None, fps=cfg.fps, state_keys=cfg.state_keys or None)
     print(f"wrote {out}")
+    return 0
+
+
+def _data_view(cfg, task_given: bool) -> int:
+    from genpolicy.datasets import view
+
+    if bool(cfg.input) == bool(cfg.ckpt):
+        raise GenpolicyError("usage: genpolicy data view <dataset> [episode=N] [output=x.rrd] [serve=true] | "
+                             "genpolicy data view ckpt=<checkpoint> [rollout_seed=N] [output=x.rrd] [serve=true]")
+    if cfg.ckpt:
+        ep = view.rollout_frames(cfg.ckpt, seed=cfg.rollout_seed, task=cfg.task.name if task_given else "")
+        default = Path(cfg.ckpt) / f"rollout_seed{cfg.rollout_seed}.rrd"
+    else:
+        ep = view.episode_frames(cfg.input, cfg.episode)
+        default = Path(f"{Path(cfg.input).name}_episode{cfg.episode}.rrd")
+    out = view.write_recording(ep, Path(cfg.output) if cfg.output else default)
+    extra = f", success {bool(ep['success'][-1])}" if "success" in ep else ""
+    print(f"wrote {out}: {ep['title']}, {len(ep['action'])} frames, cameras {sorted(ep['images'])}{extra} "
+          f"(open with `rerun {out}`)")
+    if cfg.serve:
+        view.serve(ep, grpc_port=cfg.grpc_port, web_port=cfg.web_port, host=cfg.view_host)
     return 0
 
 

@@ -213,7 +213,7 @@ class TaskConfig:
 class DataConfig:
     """Where demonstrations live, and how the experts make them."""
 
-    path: str = ""  # zarr store; empty = data/<task>.zarr
+    path: str = ""  # zarr store, LeRobot v3 directory, or a LeRobot repo_id in the local cache; empty = data/<task>.zarr
     n_episodes: int = 50  # for generation
     noise: float = 0.0  # expert action-noise std (quality knob)
     detour_prob: float = 0.0  # per-episode probability of a suboptimal detour (quality knob)
@@ -222,10 +222,23 @@ class DataConfig:
     max_train_episodes: int = 0  # 0 = all; fewer makes a weak policy on purpose
     keep_failed: bool = False  # generation: also store episodes where the expert failed
     expert_path: str = ""  # trained (SAC) expert directory for tasks without a scripted one; empty = data/experts/<task>
+    # reading (genpolicy/datasets/lazy.py): frames are decoded per batch, in worker processes
+    state_keys: list[str] = field(default_factory=list)  # LeRobot keys concatenated into `state`; empty = automatic
+    num_workers: int = -1  # DataLoader workers decoding frames; -1 = auto (0 without cameras, else min(4, cpus-1))
+    prefetch: int = 2  # batches each worker reads ahead
+    tolerance_s: float = 1e-4  # a video frame must lie this close to its timestamp (LeRobot's default)
+    # pyav | torchcodec. PyAV is the default by measurement (benchmarks/data_loading.py --quick, 2 workers: 391 vs 351
+    # samples/s on flat frames, 24 vs 25 on textured ones, lower peak memory, first batch 3-4x sooner) and it needs no
+    # system FFmpeg libraries (torchcodec does)
+    video_backend: str = "pyav"
 
     def __post_init__(self) -> None:
         _check_types(self, "data")
-        _bounded(self, "data", n_episodes=(1, 10_000_000), max_train_episodes=(0, 10_000_000))
+        _bounded(self, "data", n_episodes=(1, 10_000_000), max_train_episodes=(0, 10_000_000), num_workers=(-1, 64),
+                 prefetch=(1, 64))
+        _check(0 < self.tolerance_s < 1, f"data.tolerance_s must be in (0, 1) seconds, got {self.tolerance_s}")
+        _check(self.video_backend in ("pyav", "torchcodec"),
+               f"data.video_backend must be pyav or torchcodec, got {self.video_backend!r}")
         _check(0 <= self.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
 
 
@@ -684,6 +697,14 @@ class DataCommandConfig:
     state_keys: list[str] = field(default_factory=list)  # convert: source keys concatenated into `state`
     expert: SACExpertConfig = field(default_factory=SACExpertConfig)  # data expert: SAC settings
     progress: bool = True
+    # data view: a Rerun recording of one dataset episode (input=<dataset>) or one rollout of a checkpoint (ckpt=)
+    episode: int = 0
+    ckpt: str = ""
+    rollout_seed: int = 100000  # the rollout's env seed (the protocol's test seeds start here)
+    serve: bool = False  # also serve it: gRPC + Rerun's web viewer, for a browser on another machine
+    grpc_port: int = 9876
+    web_port: int = 9090
+    view_host: str = "localhost"  # the address the browser page uses to reach the gRPC port (ssh tunnel: localhost)
 
 
 def policy_config_from_dict(d: dict[str, Any], source: str) -> PolicyConfig:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-
-
+from genpolicy.datasets.lazy import LazyDemos
 from genpolicy.datasets.replay_buffer import ReplayBuffer
 from genpolicy.errors import DataError
 
@@ -17,6 +16,10 @@ def detect_format(path: str | Path) -> str:
         return "robomimic"
     if (p / "meta" / "info.json").exists():
         return "lerobot"
+    if not p.exists():
+        from genpolicy.datasets.lazy import resolve_path
+
+        return detect_format(resolve_path(p))  # a LeRobot repo_id in the local cache
     if p.suffix == ".zarr" or (p / ".zgroup").exists():
         return "zarr"
     if not p.exists():
@@ -27,6 +30,10 @@ def detect_format(path: str | Path) -> str:
 def load_any(path: str | Path, state_keys: Optional[list[str]] = None, fps: float = 0.0) -> ReplayBuffer:
     """Read a zarr store, robomimic HDF5 or LeRobot v3 directory into a ReplayBuffer."""
     fmt = detect_format(path)
+    if fmt == "lerobot":
+        from genpolicy.datasets.lazy import resolve_path
+
+        path = resolve_path(path)
     if fmt == "zarr":
         return ReplayBuffer.load(path)
     if fmt == "robomimic":
@@ -53,7 +60,32 @@ def convert(src: str | Path, dst: str | Path, fmt: Optional[str] = None, fps: fl
     raise DataError(f"unknown output format '{fmt}' (use zarr or lerobot)")
 
 
-def describe(rb: ReplayBuffer) -> str:
+def info(path: str | Path, task: str = "") -> str:
+    """`genpolicy data info`: a LeRobot dataset's key mapping (read from metadata, no frame decoded) and numeric
+    summary; other formats as `describe`. With `task`, the mapping is the one training on that task would use."""
+    from genpolicy.datasets.lazy import describe_lerobot, is_lerobot, open_demos, resolve_path
+
+    p = resolve_path(path)
+    if detect_format(p) == "zarr":
+        return describe(open_demos(p))  # frames stay on disk: only their shapes are read
+    if not is_lerobot(p):
+        return describe(load_any(p))
+    state_dim = None
+    if task:
+        from genpolicy.envs.registry import task_spec
+
+        state_dim = task_spec(task, images=False).state_dim
+    demos = open_demos(p, images=False, state_dim=state_dim)
+    lengths = demos.episode_lengths
+    act = demos.data["action"]
+    lines = [describe_lerobot(p, state_dim),
+             f"episode length min/mean/max: {lengths.min()}/{lengths.mean():.1f}/{lengths.max()}",
+             "action range per dim (min .. max):"]
+    lines += [f"  [{i}] {lo: .4f} .. {hi: .4f}" for i, (lo, hi) in enumerate(zip(act.min(0), act.max(0)))]
+    return "\n".join(lines)
+
+
+def describe(rb: ReplayBuffer | LazyDemos) -> str:
     """Human-readable summary: episodes, lengths, keys, shapes, action ranges."""
     lengths = rb.episode_lengths
     lines = [
@@ -62,8 +94,11 @@ def describe(rb: ReplayBuffer) -> str:
         f"length min/mean/max: {lengths.min()}/{lengths.mean():.1f}/{lengths.max()}",
         "keys:",
     ]
-    for k, v in sorted(rb.data.items()):
-        lines.append(f"  {k:<24} {str(v.dtype):<8} {tuple(v.shape)}")
+    shapes = {k: (str(v.dtype), tuple(v.shape)) for k, v in rb.data.items()}
+    for k, src in getattr(rb, "frames", {}).items():  # LazyDemos: frames on disk
+        shapes[k] = ("uint8", (rb.n_steps, *src.shape))
+    for k, (dtype, shape) in sorted(shapes.items()):
+        lines.append(f"  {k:<24} {dtype:<8} {shape}")
     act = rb.data["action"]
     lines.append("action range per dim (min .. max):")
     for i, (lo, hi) in enumerate(zip(act.min(0), act.max(0))):

@@ -625,3 +625,70 @@ def export_lerobot(rb, out_dir: str | Path, fps: float, repo_id: str = "local/ge
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+class LeRobotWriter:
+    """Stream episodes into a LeRobot v3 dataset (LeRobot's own writer underneath), one episode in memory at a time.
+
+    Unlike `export_arrays`, which needs every frame at once, this suits long recordings: `add_episode` encodes the
+    episode's videos and appends them to the dataset's files; `close` finalises the parquet footers. The dataset is
+    written beside `out_dir` and renamed into place by `close`, so a crash never leaves a half-written one there.
+
+    Keys as in the replay layout: `state` (L, Ds), `action` (L, Da) float, `image.<cam>` (L, 3, H, W) uint8, and any
+    numeric `extra_keys` verbatim."""
+
+    def __init__(self, out_dir: str | Path, fps: int, example: dict[str, np.ndarray], *, repo_id: str = "local/genpolicy",
+                 use_videos: bool = True, vcodec: str = "h264", robot_type: str | None = None,
+                 extra_keys: tuple[str, ...] = ()) -> None:
+        import uuid
+
+        from ledataset.datasets.lerobot_dataset import LeRobotDataset
+
+        self.out_dir = Path(out_dir)
+        if self.out_dir.exists():
+            raise FileExistsError(f"LeRobotWriter: {self.out_dir} already exists; it never overwrites a dataset")
+        self.tmp = self.out_dir.with_name(f".{self.out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+        self.tmp.parent.mkdir(parents=True, exist_ok=True)
+        features: dict[str, dict] = {}
+        self.keys: dict[str, str] = {}
+        for key, arr in example.items():
+            arr = np.asarray(arr)
+            if key in ("state", "action") or key in extra_keys:
+                lkey = {"state": STATE_KEY, "action": ACTION_KEY}.get(key, key)
+                features[lkey] = {"dtype": "float32", "shape": (int(np.prod(arr.shape[1:])) or 1,), "names": None}
+            elif key.startswith("image."):
+                lkey = IMAGES_PREFIX + key[len("image."):]
+                _, _, h, w = arr.shape
+                features[lkey] = {"dtype": "video" if use_videos else "image", "shape": (h, w, 3),
+                                  "names": ["height", "width", "channels"]}
+            else:
+                continue
+            self.keys[key] = lkey
+        self.ds = LeRobotDataset.create(repo_id=repo_id, fps=int(fps), features=features, root=self.tmp,
+                                        robot_type=robot_type, use_videos=use_videos, image_writer_threads=0,
+                                        vcodec=vcodec)
+        self.n_episodes = 0
+
+    def add_episode(self, episode: dict[str, np.ndarray], task: str) -> None:
+        n = len(episode["action"])
+        cols = {}
+        for key, lkey in self.keys.items():
+            arr = np.asarray(episode[key])
+            cols[lkey] = (np.ascontiguousarray(arr.transpose(0, 2, 3, 1)) if key.startswith("image.")
+                          else arr.reshape(n, -1).astype(np.float32))
+        for t in range(n):
+            self.ds.add_frame({**{k: v[t] for k, v in cols.items()}, "task": task})
+        self.ds.save_episode()
+        self.n_episodes += 1
+
+    def close(self) -> Path:
+        import shutil
+
+        from genpolicy.fsutil import replace_dir
+
+        self.ds.finalize()
+        img_dir = self.tmp / "images"
+        if img_dir.is_dir():
+            shutil.rmtree(img_dir, ignore_errors=True)  # PNG staging of the video encoder, empty once encoded
+        replace_dir(self.tmp, self.out_dir)
+        return self.out_dir

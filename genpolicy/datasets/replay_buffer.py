@@ -44,6 +44,12 @@ class ReplayBuffer:
     def image_keys(self) -> list[str]:
         return sorted(k for k in self.data if k.startswith("image."))
 
+    def read(self, key: str, rows: np.ndarray) -> np.ndarray:
+        return self.data[key][rows]
+
+    def image_shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.data[key].shape[1:])
+
     def episode(self, i: int) -> dict[str, np.ndarray]:
         start = 0 if i == 0 else int(self.episode_ends[i - 1])
         end = int(self.episode_ends[i])
@@ -114,7 +120,9 @@ class ReplayBuffer:
             root = zarr.open_group(str(tmp), mode="w")
             data = root.create_group("data")
             for key, arr in self.data.items():
-                chunks = (max(1, min(len(arr), int(2e6 // max(arr[0].nbytes, 1)))),) + arr.shape[1:]
+                # frames are read per batch at random rows (datasets/lazy.py ZarrFrames): small image chunks keep a
+                # random read cheap; numeric columns are read whole and get large chunks
+                chunks = (chunk_rows(key, arr[0].nbytes, len(arr)),) + arr.shape[1:]
                 data.array(key, arr, chunks=chunks)
             root.create_group("meta").array("episode_ends", np.asarray(self.episode_ends, dtype=np.int64))
             root.attrs.update(json.loads(json.dumps(self.attrs, default=float)))
@@ -156,3 +164,58 @@ class ReplayBuffer:
         rb = cls(data=data, episode_ends=ends, attrs=dict(root.attrs), source=str(path))
         rb.validate()
         return rb
+
+
+def chunk_rows(key: str, row_bytes: int, n: int | None = None) -> int:
+    """Rows per zarr chunk: small for frames (read at random rows per batch), large for numeric columns."""
+    target = 2**19 if key.startswith("image.") else 2e6
+    rows = max(1, int(target // max(row_bytes, 1)))
+    return rows if n is None else max(1, min(n, rows))
+
+
+class ZarrEpisodeWriter:
+    """Append episodes to a new zarr store chunk by chunk, never holding more than one episode in memory.
+
+    The store is written beside `path` and renamed into place by `close`, so `path` only ever holds a complete
+    store. Layout as `ReplayBuffer.save` (data/<key>, meta/episode_ends, attrs)."""
+
+    def __init__(self, path: str | Path) -> None:
+        import zarr
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = temp_sibling(self.path)
+        self.root = zarr.open_group(str(self.tmp), mode="w")
+        self.data = self.root.create_group("data")
+        self.ends: list[int] = []
+
+    def append(self, episode: dict[str, np.ndarray]) -> None:
+        n = len(episode["action"])
+        if n == 0:
+            raise DataError(f"{self.path}: cannot store an empty episode")
+        if self.ends and set(episode) != set(self.data.array_keys()):
+            raise DataError(f"{self.path}: episode keys {sorted(episode)} differ from the store's "
+                            f"{sorted(self.data.array_keys())}")
+        for key, arr in episode.items():
+            arr = np.asarray(arr)
+            if key in ("action", "state") and arr.dtype != np.float32:
+                arr = arr.astype(np.float32)
+            if len(arr) != n:
+                raise DataError(f"{self.path}: '{key}' has {len(arr)} steps but 'action' has {n}")
+            if key not in self.data:
+                self.data.create(key, shape=(0, *arr.shape[1:]), dtype=arr.dtype,
+                                 chunks=(chunk_rows(key, arr[0].nbytes), *arr.shape[1:]))
+            self.data[key].append(arr)
+        self.ends.append((self.ends[-1] if self.ends else 0) + n)
+
+    def close(self, attrs: dict[str, Any]) -> Path:
+        if not self.ends:
+            self.abort()
+            raise DataError(f"{self.path}: no episodes to store")
+        self.root.create_group("meta").array("episode_ends", np.asarray(self.ends, dtype=np.int64))
+        self.root.attrs.update(json.loads(json.dumps(attrs, default=float)))
+        replace_dir(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)

@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from genpolicy.datasets.lazy import LazyDemos
 from genpolicy.datasets.replay_buffer import ReplayBuffer
 from genpolicy.errors import DataError
 
@@ -34,7 +35,7 @@ def split_episodes(n_episodes: int, val_fraction: float, seed: int, max_train: i
 class SequenceSampler:
     """Precomputes, for every window, which buffer rows to gather; batches are fancy-indexed numpy arrays."""
 
-    def __init__(self, buffer: ReplayBuffer, episodes: np.ndarray, n_obs_steps: int, horizon: int) -> None:
+    def __init__(self, buffer: ReplayBuffer | LazyDemos, episodes: np.ndarray, n_obs_steps: int, horizon: int) -> None:
         if len(episodes) == 0:
             raise DataError(f"{buffer.source}: no episodes selected for sampling")
         self.buffer = buffer
@@ -62,7 +63,13 @@ class SequenceSampler:
         """Windows `idx` -> {obs: {state: (B,To,Ds), image.<cam>: (B,To,3,H,W)}, action: (B,H,Da), action_is_pad: (B,H)}."""
         d = self.buffer.data
         oi, ai = self.obs_idx[idx], self.act_idx[idx]
-        obs = {k: torch.as_tensor(d[k][oi], device=device) for k in self.obs_keys}
+        obs = {"state": torch.as_tensor(d["state"][oi], device=device)}
+        if len(self.obs_keys) > 1:
+            # frames may live on disk (LazyDemos): fetch each distinct row once, then expand to (B, To)
+            rows, inv = np.unique(oi, return_inverse=True)
+            for k in self.obs_keys[1:]:
+                frames = self.buffer.read(k, rows) if hasattr(self.buffer, "read") else d[k][rows]
+                obs[k] = torch.as_tensor(frames[inv.reshape(oi.shape)], device=device)
         return {
             "obs": obs,
             "action": torch.as_tensor(d["action"][ai], device=device),

@@ -11,6 +11,7 @@ identical on every rank. Rank 0 alone writes run files, and the others wait for 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import signal
 import threading
@@ -26,7 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from genpolicy.config import TrainConfig
-from genpolicy.datasets.replay_buffer import ReplayBuffer
+from genpolicy.datasets.lazy import LazyDemos, open_demos, worker_init
 from genpolicy.datasets.sequence import SequenceSampler, split_episodes
 from genpolicy.envs.registry import task_spec
 from genpolicy.errors import CheckpointError, ConfigError, DataError
@@ -52,25 +53,69 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return o.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def load_demos(cfg: TrainConfig) -> ReplayBuffer:
-    """Load the configured dataset and check that it fits the task."""
-    path = Path(cfg.data.path) if cfg.data.path else default_data_path(cfg.task.name)
-    if not path.exists():
+def load_demos(cfg: TrainConfig) -> LazyDemos:
+    """Open the configured dataset (zarr store, LeRobot v3 directory or cached LeRobot repo_id) and check that it
+    fits the task. Numeric columns are read into memory; camera frames stay on disk and are read per batch."""
+    path = cfg.data.path or str(default_data_path(cfg.task.name))
+    if not cfg.data.path and not Path(path).exists():
         raise DataError(f"{path}: no such dataset; create it with `genpolicy data generate task={cfg.task.name}` "
-                        f"or point data.path at a zarr store")
-    keys = None if cfg.task.images else ["action", "state"]
-    rb = ReplayBuffer.load(path, keys=keys)
+                        f"or point data.path at a zarr store or LeRobot v3 dataset")
     # The spec of the mode we train in: PushT's state is 5-d without images and 2-d (LeRobot layout) with them.
     spec = task_spec(cfg.task.name, images=cfg.task.images)
-    if rb.data["action"].shape[1] != spec.action_dim:
-        raise DataError(f"{path}: 'data/action' has dimension {rb.data['action'].shape[1]} but task "
-                        f"'{cfg.task.name}' expects {spec.action_dim}")
-    if rb.data["state"].shape[1] != spec.state_dim:
-        raise DataError(f"{path}: 'data/state' has dimension {rb.data['state'].shape[1]} but task "
-                        f"'{cfg.task.name}' expects {spec.state_dim}")
+    rb = open_demos(path, images=cfg.task.images, state_dim=spec.state_dim, action_dim=spec.action_dim,
+                    state_keys=list(cfg.data.state_keys) or None, tolerance_s=cfg.data.tolerance_s, task=cfg.task.name,
+                    video_backend=cfg.data.video_backend)
     if cfg.task.images and not rb.image_keys:
-        raise DataError(f"{path}: task.images=true but the store has no 'data/image.<camera>' arrays")
+        raise DataError(f"{path}: task.images=true but the dataset has no camera ('data/image.<camera>' arrays or "
+                        f"LeRobot observation.images.* features)")
+    if cfg.task.images and spec.cameras:
+        # the policy sees the cameras the task renders at evaluation; other cameras of the dataset stay unread
+        want = [f"image.{c}" for c in spec.cameras]
+        missing = [k for k in want if k not in rb.frames]
+        if missing:
+            have = {k: rb.key_map.get(k, k) for k in rb.image_keys}
+            raise DataError(f"{path}: task '{cfg.task.name}' renders cameras {list(spec.cameras)} but the dataset has "
+                            f"{have}; missing {missing}")
+        rb.frames = {k: rb.frames[k] for k in want}
     return rb
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item s = this process's CPU batch of step s (`step_batch` without the device), so DataLoader workers can
+    decode frames ahead of the loop while the batches stay a function of (seed, step) only."""
+
+    def __init__(self, train_set: SequenceSampler, cfg: TrainConfig, info: dist.DistInfo) -> None:
+        self.train_set, self.cfg, self.info = train_set, cfg, info
+
+    def __len__(self) -> int:
+        return self.cfg.train.steps
+
+    def __getitem__(self, step: int) -> dict:
+        try:
+            return step_indices_batch(self.train_set, self.cfg, step, "cpu", self.info)
+        except DataError as e:
+            # DataLoader would re-raise it with the worker's traceback glued to the message: send the line instead
+            return {"data_error": str(e)}
+
+
+def batch_stream(train_set: SequenceSampler, cfg: TrainConfig, start: int, info: dist.DistInfo):
+    """CPU batches of steps start, start+1, ...: read in `data.num_workers` worker processes when frames are read
+    from disk, in this process otherwise (in-memory columns are cheaper to gather than to pickle)."""
+    workers = cfg.data.num_workers
+    if workers < 0:  # auto: workers only when there are frames to decode
+        workers = min(4, max(1, (os.cpu_count() or 2) - 1)) if train_set.buffer.image_keys else 0
+    if workers == 0:
+        for step in range(start, cfg.train.steps):
+            yield step_indices_batch(train_set, cfg, step, "cpu", info)
+        return
+    loader = torch.utils.data.DataLoader(StepBatches(train_set, cfg, info), batch_size=None,
+                                         sampler=range(start, cfg.train.steps), num_workers=workers,
+                                         prefetch_factor=cfg.data.prefetch, worker_init_fn=worker_init,
+                                         pin_memory=torch.cuda.is_available(), persistent_workers=False)
+    for batch in loader:
+        if "data_error" in batch:
+            raise DataError(batch["data_error"])
+        yield batch
 
 
 def _step_checkpoints(run_dir: Path) -> list[Path]:
@@ -138,6 +183,21 @@ def _rotate(run_dir: Path, step: int, best: dict[str, Any], best_held: int) -> N
             shutil.rmtree(old, ignore_errors=True)
 
 
+def step_indices_batch(train_set: SequenceSampler, cfg: TrainConfig, step: int, device: torch.device | str,
+                       info: dist.DistInfo = dist.DistInfo()) -> dict:
+    """This process's share of step `step`'s batch: train.batch_size windows drawn from (seed, step), rank r's slice."""
+    rng = np.random.default_rng([cfg.run.seed, step])
+    idx = rng.integers(0, len(train_set), size=cfg.train.batch_size)
+    per_rank = cfg.train.batch_size // info.world_size
+    return train_set.batch(idx[info.rank * per_rank:(info.rank + 1) * per_rank], device)
+
+
+def step_generator(cfg: TrainConfig, step: int, device: torch.device, info: dist.DistInfo = dist.DistInfo()
+                   ) -> torch.Generator:
+    """The noise stream of step `step` on this rank, seeded by (seed, step, rank)."""
+    return torch.Generator(device=device).manual_seed(cfg.run.seed * 1_000_003 + step + info.rank * 2**40)
+
+
 def step_batch(train_set: SequenceSampler, cfg: TrainConfig, step: int, device: torch.device,
                info: dist.DistInfo = dist.DistInfo()) -> tuple[dict, torch.Generator]:
     """This process's share of step `step`'s batch, and the generator for its noise.
@@ -146,12 +206,38 @@ def step_batch(train_set: SequenceSampler, cfg: TrainConfig, step: int, device: 
     its noise comes from a stream of its own, seeded by (seed, step, rank). A resumed run with the same number of
     processes therefore replays exactly, and a single process draws what it always did.
     """
-    rng = np.random.default_rng([cfg.run.seed, step])
-    idx = rng.integers(0, len(train_set), size=cfg.train.batch_size)
-    per_rank = cfg.train.batch_size // info.world_size
-    batch = train_set.batch(idx[info.rank * per_rank:(info.rank + 1) * per_rank], device)
-    gen = torch.Generator(device=device).manual_seed(cfg.run.seed * 1_000_003 + step + info.rank * 2**40)
-    return batch, gen
+    return step_indices_batch(train_set, cfg, step, device, info), step_generator(cfg, step, device, info)
+
+
+def to_device(batch: dict, device: torch.device, image_size: int = 0) -> dict:
+    """Move a CPU batch to the device and, when `image_size` differs from the stored frames, resize them there
+    (bilinear, antialiased, back to uint8). Crops (random in training) happen on the device too, inside the policy's
+    encoder: the workers only decode."""
+    if device.type != "cpu":
+        batch = {k: (to_device(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True))
+                 for k, v in batch.items()}
+    if image_size and "obs" in batch:
+        batch = {**batch, "obs": {k: _resize(v, image_size) if k.startswith("image.") else v
+                                  for k, v in batch["obs"].items()}}
+    return batch
+
+
+def _check_frames(batch: dict, size: int, source: str) -> None:
+    """The policy's encoder crops whatever it is given; frames of another size than it was built (and is evaluated)
+    for would train it on a different view, silently."""
+    for k, v in batch["obs"].items():
+        if k.startswith("image.") and tuple(v.shape[-2:]) != (size, size):
+            raise DataError(f"{source}: '{k}' frames are {v.shape[-1]}x{v.shape[-2]} but the policy takes {size}x{size}")
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, To, 3, H, W) uint8 -> (B, To, 3, size, size) uint8 on x's device."""
+    if x.shape[-2:] == (size, size):
+        return x
+    b, to = x.shape[:2]
+    y = torch.nn.functional.interpolate(x.flatten(0, 1).float(), size=(size, size), mode="bilinear",
+                                        antialias=True, align_corners=False)
+    return y.round_().clamp_(0, 255).to(torch.uint8).view(b, to, 3, size, size)
 
 
 class _Loss(nn.Module):
@@ -207,7 +293,15 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     train_set = SequenceSampler(rb, train_eps, p.n_obs_steps, p.horizon)
     val_set = SequenceSampler(rb, val_eps, p.n_obs_steps, p.horizon) if len(val_eps) else None
     cams = [k.split(".", 1)[1] for k in rb.image_keys] if cfg.task.images else []
-    image_size = int(rb.data[rb.image_keys[0]].shape[-1]) if cams else p.image_size
+    # the policy sees square frames of task.image_size when set (resized on the device), else as stored
+    resize = 0
+    if cams:
+        h, w = rb.image_shape(rb.image_keys[0])[-2:]
+        resize = cfg.task.image_size if cfg.task.image_size and (h, w) != (cfg.task.image_size,) * 2 else 0
+        if not resize and h != w:
+            raise DataError(f"{rb.source}: frames of {rb.key_map.get(rb.image_keys[0], rb.image_keys[0])} are {w}x{h}; "
+                            f"the policy takes square frames: set task.image_size=<pixels> to resize them on the device")
+    image_size = (resize or int(rb.image_shape(rb.image_keys[0])[-1])) if cams else p.image_size
     shape = ShapeMeta(state_dim=rb.data["state"].shape[1], action_dim=rb.data["action"].shape[1], cameras=cams,
                       image_size=image_size)
     torch.manual_seed(cfg.run.seed)
@@ -273,8 +367,10 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
     t_last = time.time()
     stop = _StopFlag()
     with stop:
-        for step in range(start, cfg.train.steps):
-            batch, gen = step_batch(train_set, cfg, step, device, info)
+        batches = batch_stream(train_set, cfg, start, info)
+        for step, cpu_batch in zip(range(start, cfg.train.steps), batches):
+            batch, gen = to_device(cpu_batch, device, resize), step_generator(cfg, step, device, info)
+            _check_frames(batch, shape.image_size, rb.source)
             lr = lr_at(step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -293,7 +389,8 @@ def _train(cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> dict[
                 row.update(lr=lr, grad_norm=float(gnorm), steps_per_s=cfg.run.log_every / max(now - t_last, 1e-9))
                 if logger is not None:
                     if val_set is not None:
-                        row["val_loss"] = validation_loss(ema.model, val_set, cfg.train.batch_size, device, cfg.run.seed)
+                        row["val_loss"] = validation_loss(ema.model, val_set, cfg.train.batch_size, device, cfg.run.seed,
+                                                          image_size=resize)
                     logger.log(done, row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
                 t_last = now
@@ -357,20 +454,22 @@ class _StopFlag:
             signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
-def _episode_ranges(rb: ReplayBuffer, episodes: np.ndarray) -> list[tuple[int, int]]:
+def _episode_ranges(rb: LazyDemos, episodes: np.ndarray) -> list[tuple[int, int]]:
     starts = np.concatenate([[0], rb.episode_ends[:-1]])
     return [(int(starts[e]), int(rb.episode_ends[e])) for e in episodes]
 
 
 @torch.no_grad()
 def validation_loss(policy: GenerativePolicy, val_set: SequenceSampler, batch_size: int, device: torch.device,
-                    seed: int, max_windows: int = 2048) -> float:
+                    seed: int, max_windows: int = 2048, image_size: int = 0) -> float:
     """Mean BC loss over held-out episodes, with fixed noise so values are comparable across steps."""
     was = policy.training
     policy.eval()
     gen = torch.Generator(device=device).manual_seed(seed + 12345)
     losses, n = 0.0, 0
-    for batch in val_set.iter_batches(batch_size, device, limit=max_windows):
+    for batch in val_set.iter_batches(batch_size, "cpu", limit=max_windows):
+        batch = to_device(batch, device, image_size)
+        _check_frames(batch, policy.shape.image_size, "validation")
         out = policy.loss(batch, generator=gen)
         b = out["per_sample"].shape[0]
         losses += float(out["loss"]) * b
