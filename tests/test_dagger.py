@@ -294,5 +294,7 @@ def test_sigkill_mid_round_then_resume_ends_like_an_uninterrupted_run(full_run, 
     a, b = read_state(cut)["rounds"], full_run[1]["rounds"]
     assert [r["labelled_steps"] for r in a] == [r["labelled_steps"] for r in b]
     wa, wb = _weights(a[-1]["checkpoint"]), _weights(b[-1]["checkpoint"])
+    # round 0 was trained in the killed subprocess: same data and generators, but its CPU kernels may reduce in
+    # another order (seen: 3e-8 apart under load), so equal to float tolerance; a re-rolled round differs by far more
     for k in wa:
-        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+        np.testing.assert_allclose(wa[k], wb[k], rtol=1e-5, atol=1e-6, err_msg=k)
