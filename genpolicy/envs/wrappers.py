@@ -113,11 +113,11 @@ class EnvSlice:
     (finetune/rollout.py) that owns it."""
 
     def __init__(self, task: str, env_seeds: list[int], n_obs_steps: int, n_action_steps: int,
-                 max_episode_steps: int = 0) -> None:
+                 max_episode_steps: int = 0, images: bool = False, image_size: int = 0) -> None:
         from genpolicy.envs.registry import make_env
 
-        self.envs = [ChunkedEnv(make_env(task, seed=s, max_episode_steps=max_episode_steps), n_obs_steps,
-                                n_action_steps) for s in env_seeds]
+        self.envs = [ChunkedEnv(make_env(task, seed=s, max_episode_steps=max_episode_steps, images=images,
+                                         image_size=image_size), n_obs_steps, n_action_steps) for s in env_seeds]
         self.spec = self.envs[0].spec
 
     def reset(self, ids: list[int], seeds: list[int]) -> list[dict[str, np.ndarray]]:

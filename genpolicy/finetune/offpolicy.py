@@ -204,8 +204,14 @@ def finetune_offpolicy(cfg: Any, on_end: Optional[Any] = None) -> dict[str, Any]
                           "needs it for truncated transitions: use an on-policy algo (dppo, fpo, reinflow)")
     specs = {"obs": (pc.n_obs_steps, policy.shape.state_dim), "next_obs": (pc.n_obs_steps, policy.shape.state_dim),
              "action": (pc.horizon, policy.shape.action_dim), "reward": (), "terminated": (), **algo.extra_specs}
-    online = DictReplay(specs, oc.capacity).to(device)
-    offline = None
+    cams = list(policy.shape.cameras)
+    if cams:  # frames once, uint8, windows by index (finetune/pixels.py); a CPU-side ring however big
+        from genpolicy.finetune.pixels import FrameReplay, demo_frame_transitions
+
+        online: Any = FrameReplay(specs, cams, policy.shape.image_size, pc.n_obs_steps, oc.capacity, oc.n_envs)
+    else:
+        online = DictReplay(specs, oc.capacity).to(device)
+    offline: Any = None
     if algo.uses_offline and oc.offline_ratio > 0 and oc.offline_data != "none":
         path = oc.offline_data or source.get("data", {}).get("path", "")
         if not path or not Path(path).exists():
@@ -213,11 +219,17 @@ def finetune_offpolicy(cfg: Any, on_end: Optional[Any] = None) -> dict[str, Any]
         if oc.reward != "success":
             raise ConfigError("demonstrations carry no env rewards: offline mixing needs offpolicy.reward=success "
                               "(or offpolicy.offline_data=none)")
-        demo = demo_transitions(ReplayBuffer.load(path, keys=["action", "state"]), pc.n_obs_steps, pc.horizon,
-                                pc.n_action_steps, policy.normalize_actions)
-        demo["reward"] = demo["reward"] + oc.reward_offset  # the same reward as online transitions
-        offline = DictReplay({k: specs[k] for k in demo}, len(demo["reward"])).to(device)
-        offline.add(demo)
+        if cams:
+            rb = ReplayBuffer.load(path, keys=["action", "state", *[f"image.{c}" for c in cams]])
+            offline = demo_frame_transitions(rb, pc.n_obs_steps, pc.horizon, pc.n_action_steps,
+                                             policy.normalize_actions, cams, policy.shape.image_size)
+            offline.buf_reward += oc.reward_offset  # the same reward as online transitions
+        else:
+            demo = demo_transitions(ReplayBuffer.load(path, keys=["action", "state"]), pc.n_obs_steps, pc.horizon,
+                                    pc.n_action_steps, policy.normalize_actions)
+            demo["reward"] = demo["reward"] + oc.reward_offset  # the same reward as online transitions
+            offline = DictReplay({k: specs[k] for k in demo}, len(demo["reward"])).to(device)
+            offline.add(demo)
     run_dir = make_run_dir(cfg.run, f"finetune-{slug(task)}-{cfg.algo}")
     saved_cfg = {"task": {"name": task, "max_episode_steps": cfg.task.max_episode_steps},
                  "finetune": {**asdict(cfg), "exploration": algo.describe()}, "source_checkpoint": str(cfg.ckpt)}
@@ -233,6 +245,8 @@ def finetune_offpolicy(cfg: Any, on_end: Optional[Any] = None) -> dict[str, Any]
     if st is not None:
         start_it, env_steps, curve, wall0 = st["iteration"], st["env_steps"], st["curve"], st["wallclock_s"]
         summary, n_updates = st["summary"], st["updates"]
+    elif cams:  # the first windows' frames (a resumed replay holds the indices of the rebuilt episodes' windows)
+        online.start(list(range(oc.n_envs)), venv.batch_obs(torch.device("cpu")))
 
     def run_eval(tag: str) -> dict[str, Any]:
         return evaluate(policy, task, n_episodes=cfg.eval.n_episodes, n_envs=cfg.eval.n_envs, seed=cfg.eval.seed,
@@ -272,7 +286,11 @@ def finetune_offpolicy(cfg: Any, on_end: Optional[Any] = None) -> dict[str, Any]
                        "action": out["actions"], "reward": (res.rewards + oc.reward_offset).float(),
                        "terminated": res.terminated.float()}
                 row.update({k: out[k] for k in algo.extra_specs})
-                online.add(row)
+                if cams:
+                    online.add(row, res.next_obs, res.n_steps, res.terminated | res.truncated,
+                               venv.batch_obs(torch.device("cpu")))
+                else:
+                    online.add(row)
                 if not warm:
                     t1 = time.time()
                     n_up = max(1, int(round(oc.utd * oc.n_envs)))
