@@ -75,12 +75,22 @@ def test_history_by_index_equals_stored_history(to: int, ta: int) -> None:
 
 def test_replay_memory_bound() -> None:
     """The stated bound: 100k transitions of To=2 windows of one 84x84x3 camera are 4.5 GB of frames (vs 33.9 GB of
-    float32 obs+next_obs windows), and a built replay allocates that plus < 1 KB per transition of the rest."""
+    float32 obs+next_obs windows). A replay grows to that bound as frames come, never past it, plus < 1 KB per
+    transition for the rest (state windows of Meta-World's 39 dims, actions, indices)."""
     assert frame_bytes(100_000, 2, 1, 84) == (200_000 + 12_500) * 3 * 84 * 84 < 4.6e9
-    rep = FrameReplay({"obs": (2, 39), "next_obs": (2, 39), "action": (8, 4), "reward": (), "terminated": ()},
-                      ["corner"], 84, 2, 1000, n_envs=4)
-    frames = frame_bytes(1000, 2, 1, 84)
-    assert frames <= rep.nbytes() <= frames + 1000 * 1024
+    cap, n = 400, 4
+    rep = FrameReplay({"obs": (2, 39), "next_obs": (2, 39), "action": (16, 4), "reward": (), "terminated": ()},
+                      ["corner"], 84, 2, cap, n_envs=n)
+    win = {"image.corner": torch.zeros(n, 2, 3, 84, 84, dtype=torch.uint8)}
+    rep.start(list(range(n)), win)
+    assert rep.frames_corner.shape[0] < 2 * 1024  # nothing preallocated for frames not yet seen
+    row = {"obs": torch.zeros(n, 2, 39), "next_obs": torch.zeros(n, 2, 39), "action": torch.zeros(n, 16, 4),
+           "reward": torch.zeros(n), "terminated": torch.zeros(n)}
+    for i in range(3 * cap // n):  # three times round the ring, an episode end every 10th chunk
+        rep.add(row, win, torch.full((n,), 8), torch.full((n,), i % 10 == 9), win)
+    assert rep.frames_corner.shape[0] == rep.n_frames
+    assert rep.nbytes() <= frame_bytes(cap, 2, 1, 84) + cap * 1024
+    assert len(rep._valid_rows()) == cap  # the headroom covers the episode starts: every kept transition samples
 
 
 def test_camera_keys_are_checked(cam_ckpt: Path) -> None:

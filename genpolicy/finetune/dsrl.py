@@ -124,7 +124,10 @@ class DSRL:
     def update(self, batch: dict[str, torch.Tensor], update_actor: bool = True) -> dict[str, float]:
         obs, obs_next = window(batch, "obs"), window(batch, "next_obs")  # state (+ camera) windows
         with torch.no_grad():  # the policy's encoder is frozen: one pass serves base, actor and (frozen) critics
-            cond, cond_next = self.policy.encode(obs), self.policy.encode(obs_next)
+            if "cond" in batch:  # camera replay with a frozen encoder: computed when stored
+                cond, cond_next = batch["cond"], batch["next_cond"]
+            else:
+                cond, cond_next = self.policy.encode(obs), self.policy.encode(obs_next)
             qf_next = self.qfeat(obs_next, cond_next)
         qf = self.qfeat(obs, cond)  # with gradients into the critic encoder when encoder_mode=finetuned
         b = cond.shape[0]

@@ -95,7 +95,10 @@ class EXPO:
         steer = self.policy.steer
         obs = window(batch, "obs")  # state (+ camera) windows
         with torch.no_grad():  # frozen encoder: one pass serves base, edit policy and critics
-            cond, cond_next = self.policy.encode(obs), self.policy.encode(window(batch, "next_obs"))
+            if "cond" in batch:  # camera replay: computed when stored
+                cond, cond_next = batch["cond"], batch["next_cond"]
+            else:
+                cond, cond_next = self.policy.encode(obs), self.policy.encode(window(batch, "next_obs"))
         b = cond.shape[0]
         a = batch["action"].reshape(b, -1)  # (B, D)
         y = self.critic_target(batch, cond_next)

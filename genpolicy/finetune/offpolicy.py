@@ -205,6 +205,14 @@ def finetune_offpolicy(cfg: Any, on_end: Optional[Any] = None) -> dict[str, Any]
     specs = {"obs": (pc.n_obs_steps, policy.shape.state_dim), "next_obs": (pc.n_obs_steps, policy.shape.state_dim),
              "action": (pc.horizon, policy.shape.action_dim), "reward": (), "terminated": (), **algo.extra_specs}
     cams = list(policy.shape.cameras)
+    # a frozen image encoder gives each window one conditioning for ever: computed once when stored (centre crop),
+    # so updates never run the image encoder (finetune/pixels.py)
+    cached = bool(cams) and cfg.encoder_mode == "frozen"
+    if cached:
+        from genpolicy.finetune.pixels import frozen_encode
+
+        dc = policy.obs_encoder.out_dim
+        specs = {**specs, "cond": (dc,), "next_cond": (dc,)}
     if cams:  # frames once, uint8, windows by index (finetune/pixels.py); a CPU-side ring however big
         from genpolicy.finetune.pixels import FrameReplay, demo_frame_transitions
 
@@ -222,7 +230,8 @@ def finetune_offpolicy(cfg: Any, on_end: Optional[Any] = None) -> dict[str, Any]
         if cams:
             rb = ReplayBuffer.load(path, keys=["action", "state", *[f"image.{c}" for c in cams]])
             offline = demo_frame_transitions(rb, pc.n_obs_steps, pc.horizon, pc.n_action_steps,
-                                             policy.normalize_actions, cams, policy.shape.image_size)
+                                             policy.normalize_actions, cams, policy.shape.image_size,
+                                             encode=(lambda o: frozen_encode(policy, o)) if cached else None)
             offline.buf_reward += oc.reward_offset  # the same reward as online transitions
         else:
             demo = demo_transitions(ReplayBuffer.load(path, keys=["action", "state"]), pc.n_obs_steps, pc.horizon,
@@ -286,6 +295,9 @@ def finetune_offpolicy(cfg: Any, on_end: Optional[Any] = None) -> dict[str, Any]
                        "action": out["actions"], "reward": (res.rewards + oc.reward_offset).float(),
                        "terminated": res.terminated.float()}
                 row.update({k: out[k] for k in algo.extra_specs})
+                if cached:
+                    row["cond"] = frozen_encode(policy, obs)
+                    row["next_cond"] = frozen_encode(policy, {k: v.to(device) for k, v in res.next_obs.items()})
                 if cams:
                     online.add(row, res.next_obs, res.n_steps, res.terminated | res.truncated,
                                venv.batch_obs(torch.device("cpu")))

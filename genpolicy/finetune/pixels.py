@@ -3,8 +3,10 @@
 Encoder modes (`finetune.encoder_mode`, recorded in the fine-tuned checkpoint's config):
 - frozen: the BC image encoder, frozen. Its features feed everything: the base policy, the actor side (DPPO/FPO/
   ReinFlow conditioning, DSRL's noise actor, EXPO's edit policy) and the critics. One encoder pass per batch serves all
-  of them; on a 2-core CPU the image encoder is the most expensive network in an update, so a second one would double
-  the update cost (tests/test_pixels.py measures the pass) for features a BC-trained encoder already has.
+  of them; on a 2-core CPU the image encoder is the most expensive network in an update, and frozen features are a
+  fixed function of the window, so the off-policy loop computes them once when a transition is stored (cond /
+  next_cond, centre crop) and updates never run the image encoder: a separate critic encoder would bring that cost
+  back on every update for features a BC-trained encoder already has.
 - finetuned: the critics get their own copy of the BC encoder, trained by the critic loss on random crops (train-mode
   `ImageEncoder` crops are random shifts of up to (1 - crop_ratio) of the frame: DrQ's augmentation). The actor side
   keeps the frozen BC features, because the base policy that DSRL/EXPO steer and that DPPO/FPO/ReinFlow fine-tune is
@@ -58,7 +60,7 @@ def window(batch: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
 
 
 def frame_bytes(capacity: int, n_obs_steps: int, n_cameras: int, image_size: int) -> int:
-    """Bytes of uint8 frames a `FrameReplay` of `capacity` transitions allocates."""
+    """Bytes of uint8 frames a full `FrameReplay` of `capacity` transitions holds (it grows to this as frames come)."""
     return _n_frames(capacity, n_obs_steps) * n_cameras * 3 * image_size * image_size
 
 
@@ -85,9 +87,9 @@ class FrameReplay(nn.Module):
         self.n_frames = int(n_frames or _n_frames(capacity, n_obs_steps))
         for k, shape in specs.items():
             self.register_buffer(f"buf_{k}", torch.zeros(capacity, *shape))
-        for c in self.cameras:
-            self.register_buffer(f"frames_{c}", torch.zeros(self.n_frames, 3, image_size, image_size,
-                                                            dtype=torch.uint8))
+        self.image_size = int(image_size)
+        for c in self.cameras:  # grown as frames arrive (up to n_frames): memory and checkpoints hold what is used
+            self.register_buffer(f"frames_{c}", torch.zeros(0, 3, image_size, image_size, dtype=torch.uint8))
         self.register_buffer("obs_idx", torch.zeros(capacity, n_obs_steps, dtype=torch.long))
         self.register_buffer("next_idx", torch.zeros(capacity, n_obs_steps, dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))  # transitions written
@@ -101,10 +103,29 @@ class FrameReplay(nn.Module):
     def __len__(self) -> int:
         return int(min(self.count.item(), self.capacity))
 
+    def _grow(self, size: int) -> None:
+        for c in self.cameras:
+            old = getattr(self, f"frames_{c}")
+            if old.shape[0] < size:
+                new = torch.empty(size, *old.shape[1:], dtype=torch.uint8)
+                new[: old.shape[0]] = old
+                setattr(self, f"frames_{c}", new)  # a registered buffer stays registered under its name
+
+    def resize_for(self, state: dict[str, torch.Tensor]) -> None:
+        """Before loading a checkpoint: take the saved frame buffers' sizes (they grow with use)."""
+        for c in self.cameras:
+            saved = state.get(f"frames_{c}")
+            if saved is not None and saved.shape[0] <= self.n_frames:
+                setattr(self, f"frames_{c}", torch.empty_like(saved))
+
     def _put_frames(self, frames: dict[str, torch.Tensor]) -> torch.Tensor:
         """Store frames {cam: (n, 3, H, W)}; returns their absolute numbers (n,)."""
         n = next(iter(frames.values())).shape[0]
         num = self.frames_written + torch.arange(n)
+        have = getattr(self, f"frames_{self.cameras[0]}").shape[0]
+        need = min(int(self.frames_written) + n, self.n_frames)
+        if have < need:  # doubling: amortised copies while the ring fills once
+            self._grow(min(self.n_frames, max(need, 2 * have, 1024)))
         for c in self.cameras:
             getattr(self, f"frames_{c}")[num % self.n_frames] = frames[f"{IMG}{c}"].to(torch.uint8).cpu()
         self.frames_written += n
@@ -181,10 +202,22 @@ class FrameReplay(nn.Module):
         return out
 
 
+@torch.no_grad()
+def frozen_encode(policy: Any, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The frozen encoder's conditioning of windows (centre crops, whatever mode the policy is in)."""
+    was = policy.obs_encoder.training
+    policy.obs_encoder.eval()
+    try:
+        return policy.encode(obs)
+    finally:
+        policy.obs_encoder.train(was)
+
+
 def demo_frame_transitions(rb: Any, n_obs_steps: int, horizon: int, n_action_steps: int, normalize: Any,
-                           cameras: list[str], image_size: int) -> FrameReplay:
+                           cameras: list[str], image_size: int, encode: Any = None) -> FrameReplay:
     """`offpolicy.demo_transitions` for camera policies: the same transitions, each demonstration frame stored once
-    and the windows kept as indices (edge-padded like the state windows)."""
+    and the windows kept as indices (edge-padded like the state windows). With `encode` (the frozen encoder), each
+    window's conditioning is stored as cond / next_cond."""
     from genpolicy.finetune.offpolicy import demo_transitions
 
     tr = demo_transitions(rb, n_obs_steps, horizon, n_action_steps, normalize)
@@ -204,9 +237,14 @@ def demo_frame_transitions(rb: Any, n_obs_steps: int, horizon: int, n_action_ste
                               f"(3, {image_size}, {image_size})")
         frames[f"{IMG}{c}"] = torch.as_tensor(f)
     n = len(tr["reward"])
+    oi, ni = torch.as_tensor(np.stack(obs_i)), torch.as_tensor(np.stack(next_i))
+    if encode is not None:
+        for key, idx, pre in (("cond", oi, "obs"), ("next_cond", ni, "next_obs")):
+            tr[key] = torch.cat([encode({"state": tr[pre][j:j + 256], **{k: f[idx[j:j + 256]] for k, f in frames.items()}})
+                                 for j in range(0, n, 256)])
     specs = {k: tuple(v.shape[1:]) for k, v in tr.items()}
     rep = FrameReplay(specs, cameras, image_size, n_obs_steps, n, n_frames=int(rb.episode_ends[-1]))
-    rep.add_windows(tr, frames, torch.as_tensor(np.stack(obs_i)), torch.as_tensor(np.stack(next_i)))
+    rep.add_windows(tr, frames, oi, ni)
     return rep
 
 
