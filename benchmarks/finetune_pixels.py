@@ -46,8 +46,9 @@ SUITES = {
     "metaworld": {"tasks": ["metaworld/drawer-open-v3", "metaworld/button-press-topdown-v3"], "demos": [3, 5, 10],
                   "bc_steps": 2500, "image_size": 64, "preset": "metaworld", "budget": 100_000, "test_episodes": 100,
                   "bc_batch": 32},
-    "toy": {"tasks": ["toy/bimodal-right"], "demos": [40], "bc_steps": 500, "image_size": 32, "preset": "toy",
-            "budget": 2_500, "test_episodes": 100, "bc_batch": 64},
+    # --quick: the pipeline end to end on the toy (a check of the script, not a result)
+    "toy": {"tasks": ["toy/bimodal-right"], "demos": [40], "bc_steps": 300, "image_size": 24, "preset": "toy",
+            "budget": 4_096, "test_episodes": 100, "bc_batch": 64},
 }
 
 
@@ -182,7 +183,7 @@ def write_report(js: Path, md: Path) -> None:
               "env steps | steps/s | wall s |", "|---|---|---|---|---:|---|---:|---:|---|---:|---:|---:|"]
     for r in sorted(ft, key=ft_key):
         st = r["start_test_success"]
-        curve = ", ".join(f"{p // 1000}k: {v:.2f}" if p >= 1000 else f"{p}: {v:.2f}" for p, v in r["test_curve"])
+        curve = ", ".join(f"{p:,}: {v:.2f}" for p, v in r["test_curve"])
         lines.append(f"| {r['task']} | {r['algo']} | {r['encoder']} | {r['encoder_mode']} | {r['seed']} | "
                      f"{st['zero_noise']:.2f}/{st['random_noise']:.2f} | {r['test_success']:.2f} | "
                      f"{r['test_success'] - st['random_noise']:+.2f} | {curve} | {r['env_steps']} | "
