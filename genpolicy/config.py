@@ -614,6 +614,9 @@ class TestConfig:
                f"test.fractions must increase within (0, 1] and end at 1.0, got {fr}")
 
 
+ENCODER_MODES = ("frozen", "finetuned")
+
+
 @dataclass
 class FinetuneConfig:
     """`genpolicy finetune algo=dppo|fpo|reinflow|dsrl|expo ckpt=<BC checkpoint> task=...`."""
@@ -630,6 +633,9 @@ class FinetuneConfig:
     dsrl: DSRLConfig = field(default_factory=DSRLConfig)
     expo: EXPOConfig = field(default_factory=EXPOConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    # camera checkpoints: "frozen" keeps the BC image encoder; "finetuned" trains a copy of it for the critics with
+    # random-shift augmentation (DrQ), see finetune/pixels.py. Recorded in the fine-tuned checkpoint's config.
+    encoder_mode: str = "frozen"
     # evaluations during the run decide early stopping: the protocol's selection seeds (<= 20 episodes)
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(n_episodes=20, n_videos=1, every=10, split="selection"))
     test: TestConfig = field(default_factory=TestConfig)
@@ -645,6 +651,8 @@ class FinetuneConfig:
                 _check(v > 0, f"{self.algo}.{k} must be > 0 (0 keeps ppo.{k}), got {v}")
             if changes:
                 self.ppo = dataclasses.replace(self.ppo, **changes)  # validated again by PPOConfig
+        _check(self.encoder_mode in ENCODER_MODES,
+               f"encoder_mode must be one of {ENCODER_MODES}, got '{self.encoder_mode}'")
         _check_no_test_split(self.eval)
 
 

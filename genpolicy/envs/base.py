@@ -37,6 +37,16 @@ class Env(Protocol):
     def close(self) -> None: ...
 
 
+class LazyImages(Protocol):
+    """Optional, for adapters that render their cameras themselves: with `skip_images` set, `step()` leaves the
+    image.<cam> keys out of the observation (the chunk runner sets it for steps whose frames no policy window can
+    contain: rendering costs ~100x a physics step) and `image_obs()` renders the current state's frames on demand."""
+
+    skip_images: bool
+
+    def image_obs(self) -> dict[str, np.ndarray]: ...
+
+
 class Expert(Protocol):
     """A scripted demonstrator. `noise` and `detour_prob` degrade it on purpose."""
 

@@ -71,6 +71,7 @@ class DMCEnv:
         self.render_quality = render_quality
         self.task = task
         self.images = images
+        self.skip_images = False  # set by the chunk runner for steps whose frames no window can contain
         self.image_size, self.render_size = int(image_size), int(render_size)
         self._env = suite.load(domain, name, task_kwargs={"random": seed})
         model = self._env.physics.model
@@ -139,9 +140,15 @@ class DMCEnv:
             raise RuntimeError(f"dmc/{self.task}: observation keys {keys} differ from the layout {self.obs_layout}")
         state = np.concatenate([np.asarray(observation[k], dtype=np.float32).reshape(-1) for k in keys])
         obs = {"state": state}
-        if self.images:
-            obs[f"image.{self.camera}"] = np.ascontiguousarray(self._render(self.image_size).transpose(2, 0, 1))
+        if not self.skip_images:
+            obs.update(self.image_obs())
         return obs
+
+    def image_obs(self) -> dict[str, np.ndarray]:
+        """The current state's camera observation (rendered now; empty without images): envs.base.LazyImages."""
+        if not self.images:
+            return {}
+        return {f"image.{self.camera}": np.ascontiguousarray(self._render(self.image_size).transpose(2, 0, 1))}
 
     def _render(self, size: int) -> np.ndarray:
         physics = self._env.physics

@@ -84,6 +84,7 @@ class KitchenEnv:
                               "our success_definition says 0.3")
         self.subtasks = TASKS[task]
         self.images = images
+        self.skip_images = False  # set by the chunk runner for steps whose frames no window can contain
         self.image_size, self.render_size = int(image_size), int(render_size)
         self._env = _GymKitchen(tasks_to_complete=list(self.subtasks))
         model = self._env.model
@@ -143,9 +144,15 @@ class KitchenEnv:
 
     def _obs(self, raw: dict[str, Any]) -> dict[str, np.ndarray]:
         obs = {"state": np.asarray(raw["observation"], dtype=np.float32)}
-        if self.images:
-            obs[f"image.{CAMERA}"] = np.ascontiguousarray(self._render(self.image_size).transpose(2, 0, 1))
+        if not self.skip_images:
+            obs.update(self.image_obs())
         return obs
+
+    def image_obs(self) -> dict[str, np.ndarray]:
+        """The current state's camera observation (rendered now; empty without images): envs.base.LazyImages."""
+        if not self.images:
+            return {}
+        return {f"image.{CAMERA}": np.ascontiguousarray(self._render(self.image_size).transpose(2, 0, 1))}
 
     def _render(self, size: int) -> np.ndarray:
         return self._renderers.render(self._env.data, self._camera, size)

@@ -170,6 +170,7 @@ class MetaWorldEnv:
         self._raw_obs: np.ndarray = np.zeros(STATE_DIM)
         self._t = 0
         self._done = True
+        self.skip_images = False  # envs.base.LazyImages: the chunk runner skips frames no window can contain
         self.spec = EnvSpec(
             name=f"metaworld/{self.task}",
             state_dim=STATE_DIM,
@@ -240,13 +241,17 @@ class MetaWorldEnv:
 
     # ------------------------------------------------------------------ internals
 
+    def image_obs(self) -> dict[str, np.ndarray]:
+        """The current state's ``image.<cam>`` observations (rendered now; empty without images)."""
+        if not self.images:
+            return {}
+        return {f"image.{cam}": np.ascontiguousarray(self._render_camera(cam, self.image_size).transpose(2, 0, 1))
+                for cam in self.cameras}
+
     def _obs(self) -> dict[str, np.ndarray]:
         obs = {"state": self._raw_obs.astype(np.float32)}
-        if self.images:
-            for cam in self.cameras:
-                obs[f"image.{cam}"] = np.ascontiguousarray(
-                    self._render_camera(cam, self.image_size).transpose(2, 0, 1)
-                )
+        if not self.skip_images:
+            obs.update(self.image_obs())
         return obs
 
     def _render_camera(self, camera: str, size: int) -> np.ndarray:

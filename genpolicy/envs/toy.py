@@ -40,11 +40,15 @@ class ToyEnv:
         self.pos = START.copy()
         self.t = 0
         self.went_right = False
+        self.skip_images = False  # envs.base.LazyImages: the chunk runner skips frames no window can contain
+
+    def image_obs(self) -> dict[str, np.ndarray]:
+        return {"image.top": self._draw(self.image_size).transpose(2, 0, 1).copy()} if self.images else {}
 
     def _obs(self) -> dict[str, np.ndarray]:
         obs = {"state": self.pos.astype(np.float32)}
-        if self.images:
-            obs["image.top"] = self._draw(self.image_size).transpose(2, 0, 1).copy()
+        if self.images and not self.skip_images:
+            obs.update(self.image_obs())
         return obs
 
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:

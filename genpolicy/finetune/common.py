@@ -29,9 +29,12 @@ def load_start(cfg: Any) -> dict[str, Any]:
     if not task:
         raise ConfigError(f"{cfg.ckpt}: the checkpoint does not name its task; pass task=<suite/name>")
     bc = load_policy(cfg.ckpt, use_ema=cfg.use_ema, device=device)
-    if bc.shape.cameras:
-        raise ConfigError(f"{cfg.ckpt}: fine-tuning here supports state observations; this policy uses cameras "
-                          f"{bc.shape.cameras}")
+    from genpolicy.finetune.pixels import check_cameras
+
+    check_cameras(cfg.ckpt, task, bc.shape.cameras)  # a state-only task or other cameras: refused, keys named
+    if not bc.shape.cameras and cfg.encoder_mode != "frozen":
+        raise ConfigError(f"encoder_mode={cfg.encoder_mode} applies to camera checkpoints; {cfg.ckpt} is a "
+                          "state policy (use encoder_mode=frozen)")
     return {"device": device, "source": source, "task": task, "bc": bc}
 
 
@@ -42,6 +45,10 @@ def make_venv(cfg: Any, task: str, policy: Any, n_envs: int, seed: int) -> Chunk
     from genpolicy.envs.registry import is_batched_task
 
     To, Ta, mes = policy.cfg.n_obs_steps, policy.cfg.n_action_steps, cfg.task.max_episode_steps
+    images = bool(policy.shape.cameras)
+    if images and (is_batched_task(task) or cfg.rollout.backend != "local"):
+        raise ConfigError(f"camera policies fine-tune with rollout.backend=local on gym-style tasks (got "
+                          f"rollout.backend={cfg.rollout.backend}, task '{task}')")
     if is_batched_task(task):
         if cfg.rollout.backend != "local":
             raise ConfigError(f"task '{task}' is a batched simulator that steps all its envs in one process; "
@@ -55,8 +62,9 @@ def make_venv(cfg: Any, task: str, policy: Any, n_envs: int, seed: int) -> Chunk
         runner = RaySlices(task, list(range(seed, seed + n_envs)), To, Ta, mes, workers=cfg.rollout.workers,
                            address=cfg.rollout.address)
         venv = VecChunkEnv(task, n_envs, To, Ta, seed=seed, max_episode_steps=mes, runner=runner)
-    else:
-        venv = VecChunkEnv(task, n_envs, To, Ta, seed=seed, max_episode_steps=mes)
+    else:  # camera policies see frames of the size they were trained on, rendered on demand (envs/wrappers.py)
+        venv = VecChunkEnv(task, n_envs, To, Ta, seed=seed, max_episode_steps=mes, images=images,
+                           image_size=policy.shape.image_size if images else 0)
     if venv.spec.action_dim != policy.shape.action_dim or venv.spec.state_dim != policy.shape.state_dim:
         raise DataError(f"task '{task}' has state/action dims ({venv.spec.state_dim}, {venv.spec.action_dim}) but "
                         f"{cfg.ckpt} expects ({policy.shape.state_dim}, {policy.shape.action_dim})")

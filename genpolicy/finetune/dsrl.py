@@ -30,6 +30,7 @@ import torch
 from genpolicy.config import DSRL_FLOW_SAMPLERS
 from genpolicy.errors import ConfigError
 from genpolicy.finetune.offpolicy import QEnsemble, Temperature, soft_update, td_target
+from genpolicy.finetune.pixels import CriticFeatures, window
 from genpolicy.finetune.ppo import policy_for_finetuning
 
 
@@ -70,14 +71,17 @@ class DSRL:
             self.qw = QEnsemble(dc, d, c.n_q, w, depth).to(device)  # Q^W(s, w)
             self.opt_qw = torch.optim.Adam(self.qw.parameters(), lr=oc.lr)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        # what the critics read: the policy's features (frozen) or their own DrQ-trained encoder (finetune/pixels.py)
+        self.qfeat = CriticFeatures(self.policy, cfg.encoder_mode).to(device)
         self.temp = Temperature(oc.init_temperature, c.target_entropy * d).to(device)  # on tanh-space log-probs
         self.log_m = d * math.log(c.action_magnitude)  # w = m * u: log p_w(w) = log p_u(u) - D log m
         self.opt_actor = torch.optim.Adam(self.policy.steer.parameters(), lr=oc.lr)
-        self.opt_q = torch.optim.Adam(self.q.parameters(), lr=oc.lr)
+        self.opt_q = torch.optim.Adam([*self.q.parameters(), *self.qfeat.trainable()], lr=oc.lr)
         self.opt_temp = torch.optim.Adam(self.temp.parameters(), lr=oc.lr)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         m = {"q": self.q, "q_target": self.q_target, "temperature": self.temp}
+        m |= {"critic_encoder": self.qfeat} if self.qfeat.encoder is not None else {}
         return m | ({"qw": self.qw} if self.variant == "na" else {})
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -104,36 +108,45 @@ class DSRL:
         with torch.no_grad():
             return self.policy.sample(cond, noise=w.view(b, h, da)).clamp(-1.0, 1.0).reshape(b, -1)
 
-    def critic_target(self, batch: dict[str, torch.Tensor], cond_next: torch.Tensor) -> torch.Tensor:
-        """The TD target of the critic this variant trains (sac: Q(s, w); na: Q^A(s, a))."""
+    def critic_target(self, batch: dict[str, torch.Tensor], cond_next: torch.Tensor,
+                      qf_next: torch.Tensor | None = None) -> torch.Tensor:
+        """The TD target of the critic this variant trains (sac: Q(s, w); na: Q^A(s, a)). The actor and the base read
+        the policy's conditioning `cond_next`; the critic reads `qf_next` (the same, unless encoder_mode=finetuned)."""
+        qf_next = cond_next if qf_next is None else qf_next
         with torch.no_grad():
             nxt = self.policy.steer(cond_next)
             arg = nxt["w"] if self.variant == "sac" else self._decode(cond_next, nxt["w"])
-            next_q = self.q_target(cond_next, arg).min(0).values  # (B,)
+            next_q = self.q_target(qf_next, arg).min(0).values  # (B,)
             if self.cfg.backup_entropy:
                 next_q = next_q - self.temp.alpha * nxt["log_prob"]
             return td_target(batch["reward"], batch["terminated"], next_q, self.oc.gamma)
 
     def update(self, batch: dict[str, torch.Tensor], update_actor: bool = True) -> dict[str, float]:
-        enc = lambda x: self.policy.encode({"state": x})  # noqa: E731  (frozen encoder)
-        with torch.no_grad():
-            cond, cond_next = enc(batch["obs"]), enc(batch["next_obs"])
+        obs, obs_next = window(batch, "obs"), window(batch, "next_obs")  # state (+ camera) windows
+        with torch.no_grad():  # the policy's encoder is frozen: one pass serves base, actor and (frozen) critics
+            if "cond" in batch:  # camera replay with a frozen encoder: computed when stored
+                cond, cond_next = batch["cond"], batch["next_cond"]
+            else:
+                cond, cond_next = self.policy.encode(obs), self.policy.encode(obs_next)
+            qf_next = self.qfeat(obs_next, cond_next)
+        qf = self.qfeat(obs, cond)  # with gradients into the critic encoder when encoder_mode=finetuned
         b = cond.shape[0]
-        y = self.critic_target(batch, cond_next)  # (B,)
+        y = self.critic_target(batch, cond_next, qf_next)  # (B,)
         arg = batch["w"] if self.variant == "sac" else batch["action"].reshape(b, -1)
-        q = self.q(cond, arg)  # (E, B)
+        q = self.q(qf, arg)  # (E, B)
         loss_q = ((q - y) ** 2).mean(1).sum()
         self.opt_q.zero_grad()
         loss_q.backward()
         self.opt_q.step()
         stats = {"loss_q": loss_q.item(), "q_mean": q.mean().item()}
+        qf = qf.detach()
         if self.variant == "na":
             m = self.cfg.action_magnitude
             for _ in range(self.cfg.qw_steps):
                 w = torch.randn(b, self.d, device=cond.device).clamp(-m, m)  # fresh noise, inside the actor's bound
                 with torch.no_grad():
-                    target = self.q(cond, self._decode(cond, w))  # (E, B) Q^A_j(s, pi_dp(s, w))
-                loss_w = ((self.qw(cond, w) - target) ** 2).mean(1).sum()
+                    target = self.q(qf, self._decode(cond, w))  # (E, B) Q^A_j(s, pi_dp(s, w))
+                loss_w = ((self.qw(qf, w) - target) ** 2).mean(1).sum()
                 self.opt_qw.zero_grad()
                 loss_w.backward()
                 self.opt_qw.step()
@@ -143,7 +156,7 @@ class DSRL:
             return stats
         out = self.policy.steer(cond)
         critic = self.q if self.variant == "sac" else self.qw
-        q_pi = critic(cond, out["w"])  # (E, B)
+        q_pi = critic(qf, out["w"])  # (E, B)
         loss_pi = (self.temp.alpha.detach() * out["log_prob"] - q_pi.min(0).values).mean()
         self.opt_actor.zero_grad()
         loss_pi.backward()

@@ -27,12 +27,18 @@ from typing import Any
 import torch
 
 from genpolicy.finetune.offpolicy import Temperature, soft_update, subsample_min, td_target
+from genpolicy.finetune.pixels import window
 from genpolicy.finetune.ppo import policy_for_finetuning
 
 
 class EXPO:
     def __init__(self, bc: Any, cfg: Any, device: torch.device) -> None:
         c, oc = cfg.expo, cfg.offpolicy
+        if cfg.encoder_mode != "frozen":
+            from genpolicy.errors import ConfigError
+
+            raise ConfigError("algo=expo acts by the argmax of its critic inside the policy, so the critic reads the "
+                              "policy's own image features: use encoder_mode=frozen")
         changes = {"steer": "expo", "steer_scale": c.beta, "steer_width": c.width, "steer_depth": c.depth,
                    "expo_n_base": c.n_base, "expo_n_edit": c.n_edit, "expo_n_q": c.n_q, "expo_min_q": c.n_min_q}
         changes.update({k: v for k, v in (("sampler", c.sampler), ("steps", c.steps)) if v})  # PolicyConfig validates
@@ -87,9 +93,12 @@ class EXPO:
 
     def update(self, batch: dict[str, torch.Tensor], update_actor: bool = True) -> dict[str, float]:
         steer = self.policy.steer
-        enc = lambda x: self.policy.encode({"state": x})  # noqa: E731  (frozen encoder)
-        with torch.no_grad():
-            cond, cond_next = enc(batch["obs"]), enc(batch["next_obs"])
+        obs = window(batch, "obs")  # state (+ camera) windows
+        with torch.no_grad():  # frozen encoder: one pass serves base, edit policy and critics
+            if "cond" in batch:  # camera replay: computed when stored
+                cond, cond_next = batch["cond"], batch["next_cond"]
+            else:
+                cond, cond_next = self.policy.encode(obs), self.policy.encode(window(batch, "next_obs"))
         b = cond.shape[0]
         a = batch["action"].reshape(b, -1)  # (B, D)
         y = self.critic_target(batch, cond_next)
@@ -104,7 +113,7 @@ class EXPO:
             return stats
         # base: plain BC on the mixed batch (it drifts toward the data the agent collects); acting uses its EMA
         h, da = self.policy.cfg.horizon, self.policy.shape.action_dim
-        bc = self.learner.loss({"obs": {"state": batch["obs"]},
+        bc = self.learner.loss({"obs": obs,
                                 "action": self.learner.unnormalize_actions(batch["action"].view(b, h, da)),
                                 "action_is_pad": torch.zeros(b, h, dtype=torch.bool)})["loss"]
         self.opt_base.zero_grad()

@@ -207,28 +207,52 @@ def finetune_offpolicy(cfg: Any, on_end: Optional[Any] = None) -> dict[str, Any]
                           "needs it for truncated transitions: use an on-policy algo (dppo, fpo, reinflow)")
     specs = {"obs": (pc.n_obs_steps, policy.shape.state_dim), "next_obs": (pc.n_obs_steps, policy.shape.state_dim),
              "action": (pc.horizon, policy.shape.action_dim), "reward": (), "terminated": (), **algo.extra_specs}
-    online = DictReplay(specs, oc.capacity).to(device)
-    offline = None
+    cams = list(policy.shape.cameras)
+    # a frozen image encoder gives each window one conditioning for ever: computed once when stored (centre crop),
+    # so updates never run the image encoder (finetune/pixels.py)
+    cached = bool(cams) and cfg.encoder_mode == "frozen"
+    if cached:
+        from genpolicy.finetune.pixels import frozen_encode
+
+        dc = policy.obs_encoder.out_dim
+        specs = {**specs, "cond": (dc,), "next_cond": (dc,)}
+    if cams:  # frames once, uint8, windows by index (finetune/pixels.py); a CPU-side ring however big
+        from genpolicy.finetune.pixels import FrameReplay, demo_frame_transitions
+
+        online: Any = FrameReplay(specs, cams, policy.shape.image_size, pc.n_obs_steps, oc.capacity, oc.n_envs)
+    else:
+        online = DictReplay(specs, oc.capacity).to(device)
+    if cams and oc.interventions:
+        raise ConfigError("offpolicy.interventions takes state-only recordings for now; this checkpoint sees cameras "
+                          f"{cams} (set offpolicy.interventions='')")
+    offline: Any = None
     if algo.uses_offline and oc.offline_ratio > 0 and (oc.offline_data != "none" or oc.interventions):
         if oc.reward != "success":
             raise ConfigError("demonstrations carry no env rewards: offline mixing needs offpolicy.reward=success "
                               "(or offpolicy.offline_data=none)")
-        parts = []
-        if oc.offline_data != "none":
-            path = oc.offline_data or source.get("data", {}).get("path", "")
-            if not path or not Path(path).exists():
-                raise DataError(f"offline data '{path}' not found: set offpolicy.offline_data=<zarr> or offpolicy.offline_data=none")
-            parts.append(demo_transitions(ReplayBuffer.load(path, keys=["action", "state"]), pc.n_obs_steps,
-                                          pc.horizon, pc.n_action_steps, policy.normalize_actions))
-        if oc.interventions:  # deployment corrections (and the RLIF takeover penalty) join the demonstrations
-            from genpolicy.finetune.interventions import intervention_transitions
+        path = oc.offline_data or source.get("data", {}).get("path", "")
+        if oc.offline_data != "none" and (not path or not Path(path).exists()):
+            raise DataError(f"offline data '{path}' not found: set offpolicy.offline_data=<zarr> or offpolicy.offline_data=none")
+        if cams:
+            rb = ReplayBuffer.load(path, keys=["action", "state", *[f"image.{c}" for c in cams]])
+            offline = demo_frame_transitions(rb, pc.n_obs_steps, pc.horizon, pc.n_action_steps,
+                                             policy.normalize_actions, cams, policy.shape.image_size,
+                                             encode=(lambda o: frozen_encode(policy, o)) if cached else None)
+            offline.buf_reward += oc.reward_offset  # the same reward as online transitions
+        else:
+            parts = []
+            if oc.offline_data != "none":
+                parts.append(demo_transitions(ReplayBuffer.load(path, keys=["action", "state"]), pc.n_obs_steps,
+                                              pc.horizon, pc.n_action_steps, policy.normalize_actions))
+            if oc.interventions:  # deployment corrections (and the RLIF takeover penalty) join the demonstrations
+                from genpolicy.finetune.interventions import intervention_transitions
 
-            parts.append(intervention_transitions(oc.interventions, pc.n_obs_steps, pc.horizon, pc.n_action_steps,
-                                                  policy.normalize_actions, oc.rlif, oc.rlif_penalty))
-        demo = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-        demo["reward"] = demo["reward"] + oc.reward_offset  # the same reward as online transitions
-        offline = DictReplay({k: specs[k] for k in demo}, len(demo["reward"])).to(device)
-        offline.add(demo)
+                parts.append(intervention_transitions(oc.interventions, pc.n_obs_steps, pc.horizon, pc.n_action_steps,
+                                                      policy.normalize_actions, oc.rlif, oc.rlif_penalty))
+            demo = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+            demo["reward"] = demo["reward"] + oc.reward_offset  # the same reward as online transitions
+            offline = DictReplay({k: specs[k] for k in demo}, len(demo["reward"])).to(device)
+            offline.add(demo)
     run_dir = make_run_dir(cfg.run, f"finetune-{slug(task)}-{cfg.algo}")
     saved_cfg = {"task": {"name": task, "max_episode_steps": cfg.task.max_episode_steps},
                  "finetune": {**asdict(cfg), "exploration": algo.describe()}, "source_checkpoint": str(cfg.ckpt)}
@@ -244,6 +268,8 @@ def finetune_offpolicy(cfg: Any, on_end: Optional[Any] = None) -> dict[str, Any]
     if st is not None:
         start_it, env_steps, curve, wall0 = st["iteration"], st["env_steps"], st["curve"], st["wallclock_s"]
         summary, n_updates = st["summary"], st["updates"]
+    elif cams:  # the first windows' frames (a resumed replay holds the indices of the rebuilt episodes' windows)
+        online.start(list(range(oc.n_envs)), venv.batch_obs(torch.device("cpu")))
 
     def run_eval(tag: str) -> dict[str, Any]:
         return evaluate(policy, task, n_episodes=cfg.eval.n_episodes, n_envs=cfg.eval.n_envs, seed=cfg.eval.seed,
@@ -283,7 +309,14 @@ def finetune_offpolicy(cfg: Any, on_end: Optional[Any] = None) -> dict[str, Any]
                        "action": out["actions"], "reward": (res.rewards + oc.reward_offset).float(),
                        "terminated": res.terminated.float()}
                 row.update({k: out[k] for k in algo.extra_specs})
-                online.add(row)
+                if cached:
+                    row["cond"] = frozen_encode(policy, obs)
+                    row["next_cond"] = frozen_encode(policy, {k: v.to(device) for k, v in res.next_obs.items()})
+                if cams:
+                    online.add(row, res.next_obs, res.n_steps, res.terminated | res.truncated,
+                               venv.batch_obs(torch.device("cpu")))
+                else:
+                    online.add(row)
                 if not warm:
                     t1 = time.time()
                     n_up = max(1, int(round(oc.utd * oc.n_envs)))

@@ -80,8 +80,25 @@ class ValueNet(nn.Module):
         super().__init__()
         self.net = layernorm_mlp(in_dim, width, depth, nn.Mish, out_dim=1)
 
-    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, cond: torch.Tensor, obs: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
         return self.net(cond).squeeze(-1)  # (B,)
+
+
+class PixelValueNet(nn.Module):
+    """V(s) of a camera policy with encoder_mode=finetuned: its own copy of the BC observation encoder, trained by the
+    value loss on random crops (DrQ's shifts), then the MLP. The actor keeps the frozen BC conditioning."""
+
+    def __init__(self, policy: GenerativePolicy, width: int = 256, depth: int = 3) -> None:
+        super().__init__()
+        from genpolicy.finetune.pixels import CriticFeatures
+
+        self.features = CriticFeatures(policy, "finetuned")
+        self.head = ValueNet(policy.obs_encoder.out_dim, width, depth)
+
+    def forward(self, cond: torch.Tensor, obs: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
+        if obs is None:
+            raise ValueError("PixelValueNet reads the observation window (obs=...)")
+        return self.head(self.features(obs, cond))
 
 
 def clip_schedule(k_rel: torch.Tensor, n: int, eps: float, eps_base: float, rate: float) -> torch.Tensor:
@@ -113,8 +130,11 @@ def ppo_update(algo: OnPolicyAlgo, critic: nn.Module, roll: Rollout, cfg: PPOCon
     """One PPO update from a rollout; returns mean statistics."""
     policy = algo.policy
     T, N = roll.rewards.shape
+    obs = {k: v.flatten(0, 1) for k, v in roll.obs.items()}  # (B, To, ...) windows
     with torch.no_grad():
-        cond = policy.encode({k: v.flatten(0, 1) for k, v in roll.obs.items()})  # (B, Dc)
+        cond = policy.encode(obs)  # (B, Dc)
+    # a critic with its own encoder (PixelValueNet) reads the windows too; ValueNet ignores them
+    sub = lambda idx: {k: v[idx] for k, v in obs.items()} if isinstance(critic, PixelValueNet) else None  # noqa: E731
     g = gae(roll.rewards, roll.values, roll.final_values, roll.next_value, roll.terminated, roll.truncated,
             cfg.gamma, cfg.gae_lambda)
     flat: dict[str, Any] = {"cond": cond, "actions": roll.actions.flatten(0, 1), "adv": g["adv"].flatten(),
@@ -128,7 +148,7 @@ def ppo_update(algo: OnPolicyAlgo, critic: nn.Module, roll: Rollout, cfg: PPOCon
 
     for _ in range(cfg.epochs):  # critic: regression on the GAE returns
         for idx in torch.randperm(B, generator=generator).split(cfg.minibatch_size):
-            v = critic(cond[idx])
+            v = critic(cond[idx], sub(idx))
             loss = 0.5 * (v - flat["returns"][idx]).pow(2).mean()
             opt_critic.zero_grad(set_to_none=True)
             loss.backward()
@@ -136,7 +156,7 @@ def ppo_update(algo: OnPolicyAlgo, critic: nn.Module, roll: Rollout, cfg: PPOCon
             opt_critic.step()
             note(value_loss=loss.detach())
     with torch.no_grad():
-        ev = 1 - float((flat["returns"] - critic(cond)).var() / flat["returns"].var().clamp_min(1e-8))
+        ev = 1 - float((flat["returns"] - critic(cond, sub(slice(None)))).var() / flat["returns"].var().clamp_min(1e-8))
     note(explained_variance=ev)
     if not update_actor:
         return {k: float(np.mean(v)) for k, v in stats.items()}
@@ -234,7 +254,8 @@ def finetune(cfg: FinetuneConfig, on_end: Optional[Callable[[GenerativePolicy], 
     policy = algo.policy.eval()  # eval mode throughout: deterministic crops, no dropout; gradients still flow
     pc = cfg.ppo
     venv = make_venv(cfg, task, policy, pc.n_envs, seed=10_000_000 + 1_000_000 * cfg.run.seed)
-    critic = ValueNet(policy.obs_encoder.out_dim, pc.critic_width, pc.critic_depth).to(device)
+    critic: nn.Module = (PixelValueNet(policy, pc.critic_width, pc.critic_depth) if cfg.encoder_mode == "finetuned"
+                         else ValueNet(policy.obs_encoder.out_dim, pc.critic_width, pc.critic_depth)).to(device)
     opt_actor = torch.optim.AdamW(algo.actor_parameters(), lr=pc.actor_lr, weight_decay=0.0)
     opt_critic = torch.optim.AdamW(critic.parameters(), lr=pc.critic_lr, weight_decay=0.0)
     scaler = RewardScaler(pc.gamma) if pc.reward_scale else None
@@ -285,7 +306,7 @@ def finetune(cfg: FinetuneConfig, on_end: Optional[Callable[[GenerativePolicy], 
             for group in opt_critic.param_groups:
                 group["lr"] = _lr(it, pc, pc.critic_lr, pc.critic_lr)
             t0 = time.time()
-            roll = collect(venv, algo.act, lambda o: critic(policy.encode(o)), policy.unnormalize_actions, pc.n_steps,
+            roll = collect(venv, algo.act, lambda o: critic(policy.encode(o), o), policy.unnormalize_actions, pc.n_steps,
                            device, pc.reward_offset, scaler, pc.reward)
             t_roll = time.time() - t0
             st = ppo_update(algo, critic, roll, pc, opt_actor, opt_critic, it >= pc.critic_warmup_iters, gen)

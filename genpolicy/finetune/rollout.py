@@ -85,6 +85,7 @@ class ChunkStep:
     env_steps: int
     episodes: list[dict[str, Any]]  # episodes that ended in this step: success, return, length, env (index)
     final_obs: bool = True
+    n_steps: Optional[torch.Tensor] = None  # (N,) steps each env executed (the frame replay indexes windows by it)
 
 
 class VecChunkEnv:
@@ -96,10 +97,12 @@ class VecChunkEnv:
     final_obs = True
 
     def __init__(self, task: str, n_envs: int, n_obs_steps: int, n_action_steps: int, seed: int,
-                 max_episode_steps: int = 0, runner: Optional[EnvSlice | RaySlices] = None) -> None:
+                 max_episode_steps: int = 0, runner: Optional[EnvSlice | RaySlices] = None,
+                 images: bool = False, image_size: int = 0) -> None:
         # EnvSlice and RaySlices have the same four members: spec, reset, step, close
         self.runner = runner if runner is not None else EnvSlice(
-            task, list(range(seed, seed + n_envs)), n_obs_steps, n_action_steps, max_episode_steps)
+            task, list(range(seed, seed + n_envs)), n_obs_steps, n_action_steps, max_episode_steps, images=images,
+            image_size=image_size)
         self.spec: EnvSpec = self.runner.spec
         self.n_envs = n_envs
         self.next_seed = seed
@@ -170,7 +173,8 @@ class VecChunkEnv:
         t = torch.as_tensor
         return ChunkStep(next_obs=_to_device([r.obs for r in results], torch.device("cpu")), rewards=t(rewards),
                          raw_rewards=t(raw), terminated=t(term), truncated=t(trunc),
-                         env_steps=sum(r.n_steps for r in results), episodes=episodes)
+                         env_steps=sum(r.n_steps for r in results), episodes=episodes,
+                         n_steps=t([r.n_steps for r in results]))
 
     def close(self) -> None:
         self.runner.close()

@@ -111,6 +111,8 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 def _load_module(module: torch.nn.Module, sd: dict[str, torch.Tensor], source: Path, what: str) -> None:
     """load_state_dict(strict=True), but a mismatch names the tensor and both shapes (torch's message does not
     survive being cut to one line)."""
+    if hasattr(module, "resize_for"):  # buffers that grow with use (finetune/pixels.FrameReplay) take the saved sizes
+        module.resize_for(sd)
     own = module.state_dict()
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     if missing or unexpected:
