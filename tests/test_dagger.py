@@ -121,7 +121,7 @@ def test_a_run_killed_mid_round_resumes_at_that_round_and_matches(full_run, tmp_
 
     cfg, full = full_run
 
-    real_train, real_rollout, real_batch = bc.train, dg.rollout_round, bc.step_batch
+    real_train, real_rollout, real_batch = bc.train, dg.rollout_round, bc.step_indices_batch
     calls: dict[str, list[int]] = {"train": [], "rollout": []}
     killed, inits = [], []
 
@@ -130,7 +130,7 @@ def test_a_run_killed_mid_round_resumes_at_that_round_and_matches(full_run, tmp_
         inits.append(tc.train.init_from)
         return real_train(tc)
 
-    def step_batch(train_set, tc, step, *a, **k):
+    def step_indices_batch(train_set, tc, step, *a, **k):  # what the BC loop draws each step's batch with
         # SIGINT during round 2's training, at step 25 (after its checkpoint at 20): the loop finishes the step,
         # saves, and raises KeyboardInterrupt, as Ctrl-C or a SIGTERM from a scheduler would
         if calls["train"][-1] == 2 and step == 25 and not killed:
@@ -143,7 +143,7 @@ def test_a_run_killed_mid_round_resumes_at_that_round_and_matches(full_run, tmp_
         return real_rollout(c, policy, r, *a, **k)
 
     monkeypatch.setattr(bc, "train", train)
-    monkeypatch.setattr(bc, "step_batch", step_batch)
+    monkeypatch.setattr(bc, "step_indices_batch", step_indices_batch)
     monkeypatch.setattr(dg, "rollout_round", rollout)
     cut = _cfg(tmp_path / "cut", **KILL_KW)
     with pytest.raises(KeyboardInterrupt):
