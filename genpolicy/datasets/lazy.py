@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
+from genpolicy.datasets.replay_buffer import EpisodeLayout
 from genpolicy.errors import DataError
 
 STATE_KEY = "observation.state"
@@ -306,7 +307,7 @@ VIDEO_BACKENDS = ("pyav", "torchcodec")
 # the dataset object training uses
 # ----------------------------------------------------------------------------------------------------------------
 @dataclass
-class LazyDemos:
+class LazyDemos(EpisodeLayout):
     """Episodes with numeric columns in memory and camera frames behind `frames` (same surface as ReplayBuffer)."""
 
     data: dict[str, np.ndarray]  # state (N, Ds), action (N, Da) float32
@@ -315,18 +316,6 @@ class LazyDemos:
     attrs: dict[str, Any] = field(default_factory=dict)
     source: str = "<memory>"
     key_map: dict[str, Any] = field(default_factory=dict)  # genpolicy key -> source key(s)
-
-    @property
-    def n_episodes(self) -> int:
-        return int(len(self.episode_ends))
-
-    @property
-    def n_steps(self) -> int:
-        return int(self.episode_ends[-1]) if len(self.episode_ends) else 0
-
-    @property
-    def episode_lengths(self) -> np.ndarray:
-        return np.diff(np.concatenate([[0], self.episode_ends]))
 
     @property
     def image_keys(self) -> list[str]:

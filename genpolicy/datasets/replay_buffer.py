@@ -19,14 +19,10 @@ from genpolicy.errors import DataError
 from genpolicy.fsutil import replace_dir, temp_sibling
 
 
-@dataclass
-class ReplayBuffer:
-    """In-memory episodes: arrays concatenated over time plus cumulative episode ends."""
+class EpisodeLayout:
+    """Counts derived from cumulative `episode_ends` (shared by ReplayBuffer and the lazy datasets)."""
 
-    data: dict[str, np.ndarray]
-    episode_ends: np.ndarray  # (E,) int64, cumulative
-    attrs: dict[str, Any] = field(default_factory=dict)
-    source: str = "<memory>"
+    episode_ends: np.ndarray
 
     @property
     def n_episodes(self) -> int:
@@ -39,6 +35,16 @@ class ReplayBuffer:
     @property
     def episode_lengths(self) -> np.ndarray:
         return np.diff(np.concatenate([[0], self.episode_ends]))
+
+
+@dataclass
+class ReplayBuffer(EpisodeLayout):
+    """In-memory episodes: arrays concatenated over time plus cumulative episode ends."""
+
+    data: dict[str, np.ndarray]
+    episode_ends: np.ndarray  # (E,) int64, cumulative
+    attrs: dict[str, Any] = field(default_factory=dict)
+    source: str = "<memory>"
 
     @property
     def image_keys(self) -> list[str]:
