@@ -92,7 +92,33 @@ class LeRobotRobot:
         return self.present_action()
 
 
-class SimLeRobot:
+class SimDeviceLifecycle:
+    """LeRobot's device lifecycle (connect / calibrate / configure) for a simulated device behind `self.sim`: shared
+    by the simulated robot and the simulated teleoperator."""
+
+    sim: Any
+
+    @property
+    def is_connected(self) -> bool:
+        return self.sim.is_connected
+
+    @property
+    def is_calibrated(self) -> bool:
+        return True
+
+    def connect(self, calibrate: bool = True) -> None:
+        if self.sim.is_connected:  # LeRobot raises DeviceAlreadyConnectedError
+            raise RuntimeError(f"{type(self).__name__} is already connected")
+        self.sim.connect()
+
+    def calibrate(self) -> None:
+        pass
+
+    def configure(self) -> None:
+        pass
+
+
+class SimLeRobot(SimDeviceLifecycle):
     """A SimRobot behind LeRobot's Robot API (names a0.. for actions, s0.. for state, cameras as HWC)."""
 
     name = "genpolicy_sim"
@@ -106,24 +132,6 @@ class SimLeRobot:
             cam: (s[1], s[2], 3) for cam, s in f.cameras.items()}
         self.action_features: dict[str, Any] = {k: float for k in self._action_names}
 
-    @property
-    def is_connected(self) -> bool:
-        return self.sim.is_connected
-
-    @property
-    def is_calibrated(self) -> bool:
-        return True
-
-    def connect(self, calibrate: bool = True) -> None:
-        if self.sim.is_connected:
-            raise RuntimeError("SimLeRobot is already connected")  # LeRobot raises DeviceAlreadyConnectedError
-        self.sim.connect()
-
-    def calibrate(self) -> None:
-        pass
-
-    def configure(self) -> None:
-        pass
 
     def get_observation(self) -> dict[str, Any]:
         obs = self.sim.get_observation()

@@ -31,6 +31,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from genpolicy.errors import GenpolicyError
+from genpolicy.real_robot.lerobot_adapter import SimDeviceLifecycle
 
 # the recorded `source` column: a float code per frame (LeRobot v3 extra features are numeric)
 SOURCE_POLICY, SOURCE_TELEOP = 0.0, 1.0
@@ -195,7 +196,7 @@ class LeRobotTeleop:
             raise GenpolicyError(f"{type(self.teleop).__name__}.get_action() lacks declared feature {e}") from None
 
 
-class SimLeRobotTeleop:
+class SimLeRobotTeleop(SimDeviceLifecycle):
     """A SimTeleop behind LeRobot's Teleoperator API (action names a0.., `get_teleop_events` with is_intervention).
 
     `watch(obs, policy_action)` is the simulation's stand-in for a person looking at the robot; LeRobotTeleop calls
@@ -211,24 +212,6 @@ class SimLeRobotTeleop:
         self._on = False
         self._obs: dict[str, np.ndarray] | None = None
 
-    @property
-    def is_connected(self) -> bool:
-        return self.sim.is_connected
-
-    @property
-    def is_calibrated(self) -> bool:
-        return True
-
-    def connect(self, calibrate: bool = True) -> None:
-        if self.sim.is_connected:
-            raise RuntimeError("SimLeRobotTeleop is already connected")  # LeRobot raises DeviceAlreadyConnectedError
-        self.sim.connect()
-
-    def calibrate(self) -> None:
-        pass
-
-    def configure(self) -> None:
-        pass
 
     def watch(self, obs: dict[str, np.ndarray], policy_action: np.ndarray | None) -> None:
         self._obs = obs
