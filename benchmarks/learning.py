@@ -290,9 +290,14 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     js, md = out / "learning_bc.json", out / "learning_bc.md"
-    if args.report:
+    if args.report:  # both tables from their JSON rows, nothing run
+        from genpolicy.protocol import load_rows, write_report as protocol_report
+
         write_report(js, md)
         print(md)
+        if (out / "learning.json").exists():
+            protocol_report(load_rows(out / "learning.json"), out / "learning.md")
+            print(out / "learning.md")
         return
     if args.threads:
         import torch

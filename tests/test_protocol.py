@@ -143,7 +143,10 @@ def test_write_report_tables_every_seed_baselines_and_iqm_on_test_episodes(tmp_p
             for a in ("fpo", "dsrl") for t in (TOY, "toy/bimodal") for s, v in zip(range(3), (0.6, 0.7, 0.9))]
     rows += [_row(algo=b, task=t, seed=s, test_success=0.3, test_curve=[]) for b in P.BASELINES for t in (TOY, "toy/bimodal")
              for s in range(3)]
-    rows += [_row(algo="reinflow", task=TOY, seed=0, test_success=0.95, test_curve=[[1000, 0.9], [2000, 0.9], [4000, 0.95]])]
+    # where the run's iterations put its test points: 1% past the first point (not marked), 30% past the second
+    pts = [{"env_steps": 1010}, {"env_steps": 2600}, {"env_steps": 4000}]
+    rows += [_row(algo="reinflow", task=TOY, seed=0, test_success=0.95, test_curve=[[1000, 0.9], [2000, 0.9], [4000, 0.95]],
+                  extra={"test_points": pts})]
     md = tmp_path / "learning.md"
     written = P.write_report(rows, md, command="benchmarks/learning.py", reps=200)
     assert written == [md, md.with_suffix(".json"), md.with_suffix(".png")] and all(p.exists() for p in written)
@@ -157,6 +160,7 @@ def test_write_report_tables_every_seed_baselines_and_iqm_on_test_episodes(tmp_p
     assert "Targets (better start baseline 0.30; +0.30 = 0.60)" in text
     assert "| fpo | 3 | 0.73 [0.60, 0.90] | +0.43 | yes | 4000 |" in text
     assert "| reinflow | 1 | pending (fewer than 3 seeds) |" in text
+    assert "| yes | 0.90 | 0.90 (at 3k) | 0.95 |" in text  # a test point run past its budget point says where
     assert "Not yet on all of these tasks: reinflow (d10)." in text  # the across-task IQM is not dropped for it
     assert "| 12 | D1 |" in text and "- D1: `algo=fpo`" in text  # each row's config diff, spelled out once
     assert "| fpo | 10 | 0,1,2 | 0.73 [" in text and "## Across tasks (toy/bimodal, toy/bimodal-right)" in text
