@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from genpolicy.config import DeployConfig, ServeCommandConfig, parse_address
 from genpolicy.errors import GenpolicyError
 from genpolicy.real_robot.clock import MonotonicClock
+from genpolicy.real_robot.config import DeployConfig, ServeCommandConfig, parse_address
 from genpolicy.real_robot.controller import Controller
 from genpolicy.real_robot.inference import InferenceWorker, LocalPolicy, PolicySpec
 from genpolicy.real_robot.robot import check_compatible
