@@ -129,7 +129,7 @@ def make_teleop(cfg: DeployConfig, task: str, sim: Any, action_names: list[str])
         from genpolicy.real_robot.teleop import make_lerobot_teleop
 
         return make_lerobot_teleop(cfg.intervention.lerobot_type, cfg.intervention.lerobot_port, action_names)
-    from genpolicy.envs.registry import make_expert
+    from genpolicy.experts.registry import make_expert
     from genpolicy.real_robot.teleop import LeRobotTeleop, SimLeRobotTeleop, SimTeleop
 
     iv = cfg.intervention
