@@ -152,7 +152,8 @@ def rollout_round(cfg: DaggerConfig, policy: Any | None, r: int, first_seed: int
     """Collect round r's labelled data. policy=None means the teacher alone (round 0, or beta=1).
 
     Returns (buffer of labelled episodes or None when nothing was labelled, stats)."""
-    from genpolicy.envs.registry import make_env, make_expert
+    from genpolicy.envs.registry import make_env
+    from genpolicy.experts.registry import make_expert
     from genpolicy.real_robot.teleop import SimTeleop
     from genpolicy.training.runs import progress_bar
 
@@ -282,7 +283,7 @@ def run_dagger(cfg: DaggerConfig, after_round: Callable[[int, dict[str, Any]], N
     from genpolicy.training.checkpoint import load_policy
     from genpolicy.training.runs import make_run_dir
 
-    from genpolicy.envs.registry import make_expert
+    from genpolicy.experts.registry import make_expert
 
     # a task without a teacher is refused before the run directory exists
     make_expert(cfg.task.name, seed=cfg.data.seed, expert_path=cfg.expert_path)

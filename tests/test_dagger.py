@@ -172,7 +172,7 @@ def test_a_run_killed_mid_round_resumes_at_that_round_and_matches(full_run, tmp_
             expected += sum(min(ta, n - c) for c in range(0, n, ta) if mix.random() < cfg.beta_at(r))
         assert row["teacher_steps"] == expected and 0 < expected < row["env_steps"]
         # every visited state, student-driven or not, carries the teacher's action there (replayed in order)
-        from genpolicy.envs.registry import make_expert
+        from genpolicy.experts.registry import make_expert
 
         teacher, labels = make_expert("toy/bimodal", seed=row["first_seed"]), []
         for i in range(data.n_episodes):

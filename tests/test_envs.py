@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from genpolicy.envs.registry import make_env, make_expert
+from genpolicy.envs.registry import make_env
 from genpolicy.envs.wrappers import ChunkedEnv
+from genpolicy.experts.registry import make_expert
 
 
 def _rollout_expert(task: str, seed: int, noise: float = 0.0, **kw) -> tuple[bool, int, list[np.ndarray]]:

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from genpolicy.envs.base import EnvSpec
-from genpolicy.envs.registry import SUITES, Suite, list_tasks, make_env, make_expert, task_spec
+from genpolicy.envs.registry import SUITES, Suite, list_tasks, make_env, task_spec
 from genpolicy.errors import ConfigError, DataError
+from genpolicy.experts.registry import make_expert
 
 
 def _check_obs(obs: dict[str, np.ndarray], spec: EnvSpec, images: bool) -> None:

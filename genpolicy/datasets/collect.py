@@ -12,7 +12,8 @@ from genpolicy.training.runs import progress_bar
 from genpolicy.datasets.lazy import LazyDemos, open_zarr
 from genpolicy.datasets.replay_buffer import ReplayBuffer, ZarrEpisodeWriter
 from genpolicy.errors import DataError
-from genpolicy.envs.registry import make_env, make_expert
+from genpolicy.envs.registry import make_env
+from genpolicy.experts.registry import make_expert
 
 
 def generate(task: str, n_episodes: int, seed: int = 0, noise: float = 0.0, detour_prob: float = 0.0,

@@ -1,7 +1,8 @@
-"""make_env / make_expert / task_spec by task name ("metaworld/drawer-open-v3", "pusht/pusht", "dmc/cheetah-run").
+"""make_env / make_batched_env / task_spec by task name ("metaworld/drawer-open-v3", "dmc/cheetah-run").
 
 Simulator modules import lazily, so listing tasks or training on the toy task needs no simulator installed; a
-task whose simulator is missing raises a ConfigError naming the package it needs.
+task whose simulator is missing raises a ConfigError naming the package it needs. The demonstrators for these
+tasks come from `make_expert` in experts/registry.py: experts depend on envs, never the reverse.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from genpolicy.envs.base import Env, EnvSpec, Expert
+from genpolicy.envs.base import Env, EnvSpec
 from genpolicy.errors import ConfigError
 from genpolicy.quiet import quiet_third_party
 
@@ -95,7 +96,7 @@ def is_batched_task(name: str) -> bool:
 def make_batched_env(name: str, n_envs: int, seed: int, device: Any = "cpu", max_episode_steps: int = 0) -> Any:
     """Build an IsaacLab-style batched env (see envs/isaaclab.py). IsaacLab is never replaced by the stand-in silently:
     `isaaclab/...` fails with a ConfigError when IsaacLab is missing."""
-    suite, task = _split(name)
+    suite, task = split_task(name)
     if suite == "isaaclab":
         from genpolicy.envs.isaaclab import make_isaaclab_env
 
@@ -107,7 +108,7 @@ def make_batched_env(name: str, n_envs: int, seed: int, device: Any = "cpu", max
     raise ConfigError(f"'{name}' is not a batched task; batched suites: {', '.join(BATCHED_SUITES)}")
 
 
-def _split(name: str) -> tuple[str, str]:
+def split_task(name: str) -> tuple[str, str]:
     """Validate a task name against the registry; unlisted names pass only for open suites (metaworld, dmc)."""
     if "/" not in name:
         raise ConfigError(f"task name '{name}' must look like 'suite/task'; known: {', '.join(list_tasks())}")
@@ -129,7 +130,7 @@ def _split(name: str) -> tuple[str, str]:
 def make_env(name: str, seed: int = 0, images: bool = False, max_episode_steps: int = 0, image_size: int = 0,
              **kw: Any) -> Env:
     """Build one environment instance. `image_size` (square, pixels; 0 = the task's default) applies with images."""
-    suite, task = _split(name)
+    suite, task = split_task(name)
     if images and image_size > 0:
         kw["image_size"] = image_size
     steps = max_episode_steps or None
@@ -171,7 +172,7 @@ def make_env(name: str, seed: int = 0, images: bool = False, max_episode_steps: 
 
 def task_spec(name: str, images: bool = False) -> EnvSpec:
     """The EnvSpec `make_env(name, images=images)` has; slow simulators (robosuite, Meta-World) are not built."""
-    suite, task = _split(name)
+    suite, task = split_task(name)
     if suite == "metaworld":
         from genpolicy.envs.metaworld import describe as describe_metaworld
 
@@ -194,33 +195,3 @@ def task_spec(name: str, images: bool = False) -> EnvSpec:
     env.close()
     return spec
 
-
-def make_expert(name: str, noise: float = 0.0, detour_prob: float = 0.0, seed: int = 0,
-                expert_path: str = "") -> Expert:
-    """The demonstrator for a task: scripted, or a trained SAC expert (gym/*, dmc/*, from `genpolicy data expert`)."""
-    suite, task = _split(name)
-    if suite == "toy":
-        from genpolicy.envs.toy import ToyExpert
-
-        return ToyExpert(noise=noise, detour_prob=detour_prob, seed=seed)
-    if suite == "metaworld":
-        from genpolicy.envs.metaworld import MetaWorldExpert
-
-        return MetaWorldExpert(task, noise=noise, detour_prob=detour_prob, seed=seed)
-    if suite == "robosuite":
-        from genpolicy.envs.robosuite import make_robosuite_expert
-
-        return make_robosuite_expert(task, noise=noise, detour_prob=detour_prob, seed=seed)
-    if suite in ("gym", "dmc"):
-        from genpolicy.experts.sac import load_default_expert
-
-        return load_default_expert(name, noise=noise, seed=seed, path=expert_path or None)
-    if suite == "pusht":
-        raise ConfigError(f"'{name}' has no scripted expert; train from a LeRobot PushT dataset (observation.state, "
-                          "observation.image, action in pixels): `genpolicy data convert <lerobot pusht dir> "
-                          "data/pusht.zarr` then `genpolicy train task=pusht/pusht task.images=true`")
-    if suite != "kitchen":
-        raise ConfigError(f"'{name}' has no expert; bring demonstrations as a LeRobot, robomimic or zarr dataset")
-    raise ConfigError(f"'{name}' has no scripted expert; convert recorded Franka Kitchen demonstrations "
-                      "(59-d state, 9-d joint-velocity actions, see genpolicy/envs/kitchen.py) with "
-                      "`genpolicy data convert`")

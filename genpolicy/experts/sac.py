@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from genpolicy.config import SACExpertConfig
 from genpolicy.errors import ConfigError
+from genpolicy.experts.config import SACExpertConfig
 from genpolicy.finetune.offpolicy import QEnsemble, Replay, TanhGaussianActor, Temperature, soft_update, subsample_min
 
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from genpolicy.config import DSRL_FLOW_SAMPLERS
 from genpolicy.errors import ConfigError
+from genpolicy.finetune.config import DSRL_FLOW_SAMPLERS
 from genpolicy.finetune.offpolicy import QEnsemble, Temperature, soft_update, td_target
 from genpolicy.finetune.pixels import CriticFeatures, window
 from genpolicy.finetune.ppo import policy_for_finetuning

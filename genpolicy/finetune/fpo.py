@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from genpolicy.config import FinetuneConfig
 from genpolicy.errors import ConfigError
+from genpolicy.finetune.config import FinetuneConfig
 from genpolicy.finetune.ppo import policy_for_finetuning
 from genpolicy.policies.base import GenerativePolicy
 

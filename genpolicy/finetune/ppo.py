@@ -26,11 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from genpolicy.config import FinetuneConfig, PolicyConfig, PPOConfig
 from genpolicy.errors import ConfigError
+from genpolicy.finetune.config import FinetuneConfig, PPOConfig
 from genpolicy.finetune.rollout import RewardScaler, Rollout, collect
 from genpolicy.policies import make_policy
 from genpolicy.policies.base import GenerativePolicy
+from genpolicy.policies.config import PolicyConfig
 from genpolicy.policies.networks.common import layernorm_mlp
 
 

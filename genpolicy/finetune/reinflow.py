@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from genpolicy.config import FinetuneConfig, ReinFlowConfig
+from genpolicy.finetune.config import FinetuneConfig, ReinFlowConfig
 from genpolicy.finetune.ppo import frozen_copy, policy_for_finetuning
 from genpolicy.policies.base import GenerativePolicy
 from genpolicy.policies.samplers import gaussian_log_prob, grid_step

@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from genpolicy.config import PolicyConfig
+from genpolicy.errors import ConfigError
 from genpolicy.policies.chunking import ActionQueue, ObsHistory
+from genpolicy.policies.config import PolicyConfig
 from genpolicy.policies.networks.encoders import ObsEncoder
 from genpolicy.policies.networks.mlp import ResidualMLP
 from genpolicy.policies.networks.unet1d import ConditionalUnet1D
 from genpolicy.policies.normalizer import Normalizer
-from genpolicy.errors import ConfigError
 from genpolicy.policies.samplers import (TIME_SCALE, Chain, Denoiser, Grid, SplitDenoiser, Step, draw_step_noise,
                                          gaussian_log_prob, grid_step, make_denoiser, run, run_adaptive)
 
@@ -36,7 +36,7 @@ class ShapeMeta:
 
     def __post_init__(self) -> None:
         # also built from a checkpoint's config.json, so check types and bounds (sizes allocate layers)
-        from genpolicy.config import _bounded, _check_types
+        from genpolicy.configbase import _bounded, _check_types
 
         _check_types(self, "policy.shape")
         _bounded(self, "policy.shape", state_dim=(1, 65_536), action_dim=(1, 4096), image_size=(8, 1024))

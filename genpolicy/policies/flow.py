@@ -13,8 +13,8 @@ from typing import Optional
 
 import torch
 
-from genpolicy.config import PolicyConfig
 from genpolicy.policies.base import GenerativePolicy, ShapeMeta
+from genpolicy.policies.config import PolicyConfig
 from genpolicy.policies.samplers import TIME_SCALE, Grid, flow_grid
 
 

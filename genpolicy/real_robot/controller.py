@@ -23,8 +23,8 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from genpolicy.config import ControllerConfig
 from genpolicy.real_robot.clock import CadenceReport, Clock, RateTimer
+from genpolicy.real_robot.config import ControllerConfig
 from genpolicy.real_robot.inference import ChunkRequest, InferenceResult, PolicySpec
 from genpolicy.real_robot.robot import Robot
 from genpolicy.real_robot.safety import STAGES, SafetyFilter

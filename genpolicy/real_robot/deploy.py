@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from genpolicy.config import DeployConfig, ServeCommandConfig, parse_address
 from genpolicy.errors import GenpolicyError
 from genpolicy.real_robot.clock import MonotonicClock
+from genpolicy.real_robot.config import DeployConfig, ServeCommandConfig, parse_address
 from genpolicy.real_robot.controller import Controller
 from genpolicy.real_robot.inference import InferenceWorker, LocalPolicy, PolicySpec
 from genpolicy.real_robot.robot import check_compatible
@@ -129,7 +129,7 @@ def make_teleop(cfg: DeployConfig, task: str, sim: Any, action_names: list[str])
         from genpolicy.real_robot.teleop import make_lerobot_teleop
 
         return make_lerobot_teleop(cfg.intervention.lerobot_type, cfg.intervention.lerobot_port, action_names)
-    from genpolicy.envs.registry import make_expert
+    from genpolicy.experts.registry import make_expert
     from genpolicy.real_robot.teleop import LeRobotTeleop, SimLeRobotTeleop, SimTeleop
 
     iv = cfg.intervention

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from genpolicy.config import SafetyConfig
 from genpolicy.errors import ConfigError
+from genpolicy.real_robot.config import SafetyConfig
 
 STAGES = ("nonfinite", "position", "delta", "velocity", "workspace")
 

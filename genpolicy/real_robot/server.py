@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from genpolicy.config import ServeConfig
 from genpolicy.errors import GenpolicyError
+from genpolicy.real_robot.config import ServeConfig
 from genpolicy.real_robot.inference import ChunkRequest, PolicyRunner, PolicySpec
 from genpolicy.real_robot.wire import DeadlineExceeded, WireError, read_frame, send_frame
 
@@ -241,7 +241,7 @@ def _realtime_request(msg: dict, spec: PolicySpec) -> tuple:
     """() for a plain request, or (ChunkRequest, RealtimeSettings) checked like the deploy config: one-line errors."""
     if "rt" not in msg:
         return ()
-    from genpolicy.config import BIDConfig, RTCConfig
+    from genpolicy.real_robot.config import BIDConfig, RTCConfig
     from genpolicy.policies.realtime import RealtimeSettings
 
     rt, prev, frozen = msg.get("rt"), msg.get("prev"), msg.get("frozen", 0)

@@ -63,7 +63,7 @@ class SimTeleop:
     """A simulated teleoperator: `expert.act(env, obs)` drives while it intervenes, by a stated rule.
 
     Args:
-        expert: anything with `reset()` and `act(env, obs) -> (Da,)` (genpolicy.envs.registry.make_expert).
+        expert: anything with `reset()` and `act(env, obs) -> (Da,)` (genpolicy.experts.registry.make_expert).
         env: what the expert reads besides the observation (Meta-World's scripted policies read the env's state).
         rule: deviation | stall | deviation_or_stall (module docstring).
         threshold: deviation rule, in action units (inf-norm).

@@ -26,7 +26,6 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from genpolicy.config import TrainConfig
 from genpolicy.datasets.lazy import LazyDemos, open_demos, worker_init
 from genpolicy.datasets.sequence import SequenceSampler, split_episodes
 from genpolicy.envs.registry import task_spec
@@ -36,6 +35,7 @@ from genpolicy.policies import GenerativePolicy, ShapeMeta, make_policy
 from genpolicy.training import dist
 from genpolicy.training.checkpoint import (load_training_state, read_config, read_manifest, read_trainer_meta,
                                            save_checkpoint)
+from genpolicy.training.config import TrainConfig
 from genpolicy.training.ema import EMA
 from genpolicy.training.evaluate import evaluate
 from genpolicy.training.runs import MetricsLogger, make_run_dir, progress_bar, resolve_device, slug

@@ -26,10 +26,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import genpolicy
-from genpolicy.config import policy_config_from_dict
 from genpolicy.errors import CheckpointError, ConfigError
 from genpolicy.fsutil import replace_dir, temp_sibling
 from genpolicy.policies import GenerativePolicy, ShapeMeta, make_policy
+from genpolicy.policies.config import policy_config_from_dict
 
 MODEL_FILE, CONFIG_FILE, MANIFEST_FILE = "model.safetensors", "config.json", "manifest.json"
 TRAINER_FILE, TRAINER_META = "trainer.safetensors", "trainer.json"

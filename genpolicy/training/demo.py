@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 import genpolicy
-from genpolicy.config import TrainConfig
 from genpolicy.datasets.collect import generate
 from genpolicy.training.bc import train
+from genpolicy.training.config import TrainConfig
 from genpolicy.training.runs import make_run_dir, read_metrics
 
 

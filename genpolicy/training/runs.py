@@ -12,8 +12,8 @@ from typing import Any, Optional
 
 import torch
 
-from genpolicy.config import RunConfig
 from genpolicy.fsutil import sweep_temporaries
+from genpolicy.training.config import RunConfig
 
 
 def resolve_device(name: str) -> torch.device:
