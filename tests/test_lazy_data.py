@@ -492,3 +492,24 @@ def test_repo_id_is_found_in_the_local_cache_never_downloaded(two_cam: Path, tmp
     with pytest.raises(DataError) as e:
         open_demos("someone/elsewhere")
     _one_line(e, "someone/elsewhere", "local cache", "nothing is downloaded")
+
+
+def test_data_loading_report_judges_the_targets_from_its_rows(tmp_path: Path) -> None:
+    """benchmarks/data_loading.py's verdicts: speed-up at equal workers per backend, memory on RSS-sum and PSS,
+    training against the slowest loader row; a row that misses is reported as a miss."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import data_loading
+
+    row = lambda loader, be, w, sps, rss, pss: {"loader": loader, "backend": be, "workers": w,  # noqa: E731
+                                                "samples_per_s": sps, "peak_rss_mb": rss, "peak_pss_mb": pss}
+    res = {"rows": [row("genpolicy", "pyav", 2, 130, 1600, 700), row("genpolicy", "torchcodec", 2, 90, 3500, 1500),
+                    row("lerobot", "torchcodec", 2, 64, 2700, 1500), row("genpolicy", "pyav", 4, 100, 2000, 800),
+                    row("genpolicy", "torchcodec", 4, 120, 3400, 1600), row("lerobot", "torchcodec", 4, 60, 2900, 1700)],
+           "training": [{"network": "mlp", "samples_per_s": 100.0}]}
+    text = "\n".join(data_loading.target_lines(res))
+    assert "genpolicy/pyav (the default): throughput vs LeRobotDataset 2.03x at 2 workers, 1.67x at 4 workers -> met" in text
+    assert "peak memory 2000 MB RSS-sum / 800 MB PSS -> met on both measures" in text
+    # one worker count below 1.5x is a miss, however fast the other; over 3 GB on RSS-sum is not "met"
+    assert "1.41x at 2 workers, 2.00x at 4 workers -> MISSED (>= 1.5x)" in text
+    assert "peak memory 3500 MB RSS-sum / 1600 MB PSS -> RSS-sum over 3 GB (PSS under it)" in text
+    assert "delivers 90 samples/s, 1x what the fastest network here consumes (100 samples/s) -> MISSED" in text
